@@ -1,0 +1,126 @@
+"""Settings: one validated object, built from the environment by `get_settings()`.
+
+Nothing is read at import time; entry points call `get_settings()` once and pass the
+object down. Every field maps to an environment variable `VOXTRACE_<NAME>`, except
+`backend_url`, which is `BACKEND_URL` (the name the deployment already uses).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+__all__ = ["Settings", "get_settings"]
+
+CommaList = Annotated[tuple[str, ...], NoDecode]
+
+
+def _default_workers() -> int:
+    """One worker per two cores: each worker's models use two threads."""
+    return max(1, (os.cpu_count() or 2) // 2)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="VOXTRACE_", extra="ignore", frozen=True)
+
+    # --- server
+    host: str = "0.0.0.0"
+    port: int = Field(8080, ge=1, le=65535)
+    data_dir: Path = Path("data")
+    workers: int = Field(default_factory=_default_workers, ge=0, le=64)
+    max_active_jobs: int = Field(10, ge=1)
+    max_body_bytes: int = Field(50 * 1024 * 1024, ge=1024)
+    rate_limit_per_minute: int = Field(600, ge=1)
+    rate_limit_burst: int = Field(100, ge=1)
+
+    # --- jobs
+    job_timeout_s: float = Field(30 * 60, gt=0)
+    max_attempts: int = Field(3, ge=1)
+    lease_s: float = Field(60, ge=5)
+    heartbeat_s: float = Field(20, gt=0)  # progress callback at least this often
+    worker_max_rss_mb: int = Field(6000, ge=256)
+    min_free_disk_mb: int = Field(500, ge=0)
+
+    # --- input
+    max_download_bytes: int = Field(2 * 1024**3, ge=1)
+    max_media_duration_s: float = Field(60 * 60, gt=0)
+    download_timeout_s: float = Field(30, gt=0)  # connect/read inactivity
+    max_redirects: int = Field(5, ge=0)
+    allow_http_hosts: CommaList = ()
+    ffmpeg_timeout_s: float = Field(600, gt=0)
+
+    # --- callbacks
+    backend_url: str = Field(
+        "http://localhost:8000", validation_alias=AliasChoices("BACKEND_URL", "VOXTRACE_BACKEND_URL")
+    )
+    callback_path: str = "/api/v1/ml/ml-results"
+    callback_allowlist: CommaList = ()
+    callback_secret: str | None = None
+    callback_timeout_s: float = Field(10, gt=0)
+    callback_retry_window_s: float = Field(3600, ge=0)
+    send_progress: bool = True
+
+    # --- models
+    whisper_model: str = "base"  # "base" = bundled; or a CTranslate2 dir, or a hub name
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    compute_type: str = "default"  # default: int8 on CPU, float16 on CUDA
+    beam_size: int = Field(5, ge=1, le=20)
+    cpu_threads: int = Field(0, ge=0)  # 0 = cores / workers
+    model_dir: Path | None = None  # where assembled models live; default data_dir/models
+
+    @field_validator("allow_http_hosts", "callback_allowlist", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("backend_url")
+    @classmethod
+    def _check_backend_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("BACKEND_URL must be an http(s) URL")
+        return value.rstrip("/")
+
+    @field_validator("callback_allowlist")
+    @classmethod
+    def _normalise_allowlist(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(v.rstrip("/") for v in value)
+
+    @field_validator("callback_path")
+    @classmethod
+    def _check_path(cls, value: str) -> str:
+        return value if value.startswith("/") else "/" + value
+
+    @model_validator(mode="after")
+    def _check_timing(self) -> Settings:
+        if self.heartbeat_s >= 30:
+            raise ValueError("heartbeat_s must be below 30 s (the contract's progress interval)")
+        return self
+
+    @property
+    def models_path(self) -> Path:
+        return self.model_dir or self.data_dir / "models"
+
+    @property
+    def threads_per_worker(self) -> int:
+        if self.cpu_threads:
+            return self.cpu_threads
+        return max(1, (os.cpu_count() or 2) // max(1, self.workers))
+
+    def callback_base_for(self, requested: str | None) -> str:
+        """The base URL to call back: the request's own only when it is allowlisted."""
+        if requested and requested.rstrip("/") in self.callback_allowlist:
+            return requested.rstrip("/")
+        return self.backend_url
+
+
+def get_settings(**overrides: object) -> Settings:
+    """Build and validate settings from the environment (and explicit overrides)."""
+    return Settings(**overrides)  # type: ignore[arg-type]

@@ -1,0 +1,207 @@
+"""Typed records passed between the parts of voxtrace. Units are in the names.
+
+Imports nothing of ours: every other module may depend on this one.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "TERMINAL_STATUSES",
+    "Emotion",
+    "Job",
+    "JobOptions",
+    "JobStatus",
+    "NewJob",
+    "OutboxItem",
+    "QueueStats",
+    "Result",
+    "Segment",
+    "SpeakerTurn",
+    "SpeechRegion",
+    "TranscribedSegment",
+    "TranscribedWord",
+    "Transcription",
+    "Word",
+    "WordProsody",
+]
+
+
+class JobStatus(str, enum.Enum):
+    ACCEPTED = "accepted"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+TERMINAL_STATUSES = frozenset({JobStatus.COMPLETED, JobStatus.FAILED})
+
+
+# ---------------------------------------------------------------------------- jobs
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """Per-job choices a request may make (all optional)."""
+
+    language: str | None = None  # ISO code; None = detect
+    num_speakers: int | None = None
+    min_speakers: int | None = None
+    max_speakers: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JobOptions:
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """What an accepted request puts into the job store."""
+
+    job_id: str
+    video_url: str
+    callback_base_url: str
+    options: JobOptions = field(default_factory=JobOptions)
+
+
+@dataclass(frozen=True)
+class Job:
+    """A job as the store knows it."""
+
+    job_id: str
+    video_url: str
+    callback_base_url: str
+    options: JobOptions
+    status: JobStatus
+    progress: int
+    message: str
+    attempts: int
+    created_at: float
+    updated_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    worker_id: str | None = None
+    lease_expires_at: float | None = None
+    result: dict[str, Any] | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    accepted: int
+    processing: int
+    completed: int
+    failed: int
+    callbacks_pending: int
+
+    @property
+    def unfinished(self) -> int:
+        return self.accepted + self.processing
+
+
+@dataclass(frozen=True)
+class OutboxItem:
+    """One callback waiting to be delivered (the durable outbox)."""
+
+    id: int
+    job_id: str
+    base_url: str  # the job's callback base; the dispatcher appends the configured path
+    payload: dict[str, Any]
+    terminal: bool
+    attempts: int
+    created_at: float
+    next_attempt_at: float
+
+
+# ------------------------------------------------------------------- pipeline data
+
+
+@dataclass(frozen=True)
+class SpeechRegion:
+    start_s: float
+    end_s: float
+
+
+@dataclass(frozen=True)
+class SpeakerTurn:
+    start_s: float
+    end_s: float
+    speaker_id: str
+
+
+@dataclass(frozen=True)
+class TranscribedWord:
+    text: str
+    start_s: float
+    end_s: float
+    probability: float
+
+
+@dataclass(frozen=True)
+class TranscribedSegment:
+    start_s: float
+    end_s: float
+    text: str
+    words: tuple[TranscribedWord, ...]
+
+
+@dataclass(frozen=True)
+class Transcription:
+    language: str
+    language_probability: float
+    segments: tuple[TranscribedSegment, ...]
+
+
+@dataclass(frozen=True)
+class WordProsody:
+    volume_db: float  # RMS dBFS, within [-60, 0]
+    pitch_hz: float  # median f0, within [100, 1000]
+    voiced: bool  # False when the pitch is a fallback value
+
+
+@dataclass(frozen=True)
+class Emotion:
+    label: str
+    confidence: float
+    probabilities: dict[str, float]
+
+
+@dataclass(frozen=True)
+class Word:
+    text: str
+    start_s: float
+    end_s: float
+    confidence: float
+    speaker_id: str
+    volume_db: float
+    pitch_hz: float
+
+
+@dataclass(frozen=True)
+class Segment:
+    start_s: float
+    end_s: float
+    speaker_id: str
+    text: str
+    words: tuple[Word, ...]
+    confidence: float
+    emotion: Emotion | None = None
+
+
+@dataclass(frozen=True)
+class Result:
+    filename: str
+    duration_s: float
+    language: str
+    segments: tuple[Segment, ...]
