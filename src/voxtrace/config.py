@@ -8,6 +8,7 @@ object down. Every field maps to an environment variable `VOXTRACE_<NAME>`, exce
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
@@ -32,6 +33,8 @@ class Settings(BaseSettings):
     host: str = "0.0.0.0"
     port: int = Field(8080, ge=1, le=65535)
     data_dir: Path = Path("data")
+    store_url: str | None = None  # default: sqlite file in data_dir
+    node_id: str = Field(default_factory=socket.gethostname, pattern=r"^[A-Za-z0-9._-]{1,64}$")
     workers: int = Field(default_factory=_default_workers, ge=0, le=64)
     max_active_jobs: int = Field(10, ge=1)
     max_body_bytes: int = Field(50 * 1024 * 1024, ge=1024)
@@ -103,6 +106,15 @@ class Settings(BaseSettings):
         if self.heartbeat_s >= 30:
             raise ValueError("heartbeat_s must be below 30 s (the contract's progress interval)")
         return self
+
+    @property
+    def store_location(self) -> str:
+        return self.store_url or str(self.data_dir / "voxtrace.db")
+
+    @property
+    def work_path(self) -> Path:
+        """Per-job temporary files; everything under it is removed after each job."""
+        return self.data_dir / "work"
 
     @property
     def models_path(self) -> Path:

@@ -8,7 +8,7 @@
     ├── JobNotFound                   JOB_NOT_FOUND     404
     ├── CapacityExceeded              INSUFFICIENT_RESOURCES 503
     └── JobError        (a job's terminal failure, sent in the `failed` callback)
-        ├── DownloadError             DOWNLOAD_ERROR           (transient: retried)
+        ├── DownloadError             DOWNLOAD_ERROR
         ├── AudioExtractionError      AUDIO_EXTRACTION_ERROR
         │   └── MediaTooLong          MEDIA_TOO_LONG
         ├── TranscriptionError        TRANSCRIPTION_ERROR
@@ -53,8 +53,16 @@ class VoxtraceError(Exception):
     retryable = False
     default_message = "Internal error"
 
-    def __init__(self, message: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        job_id: str | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
         self.message = message or self.default_message
+        self.job_id = job_id
+        self.retry_after_s = retry_after_s  # for 429/503 answers: sent as Retry-After
         super().__init__(self.message)
 
 
@@ -95,12 +103,15 @@ class CapacityExceeded(VoxtraceError):
 
 
 class JobError(VoxtraceError):
-    """A failure that ends a job: its code and message go into the `failed` callback."""
+    """A failure that ends a job: its code and message go into the `failed` callback.
+
+    `retryable` errors send the job back to the queue while attempts remain; the rest
+    end it at once (a missing file stays missing). Crashed workers are always retried.
+    """
 
 
 class DownloadError(JobError):
     code = "DOWNLOAD_ERROR"
-    retryable = True
     default_message = "Failed to download video"
 
 

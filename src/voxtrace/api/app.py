@@ -1,0 +1,262 @@
+"""The HTTP API: accepts jobs into the store and answers status queries.
+
+It touches only the job store: no model, no pipeline, no download on the request
+path, so a submission is answered in milliseconds whatever the workers are doing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from typing import Annotated
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from voxtrace import __version__
+from voxtrace.api.limits import BodySizeLimit, TokenBucketLimiter
+from voxtrace.api.schemas import (
+    ErrorEnvelope,
+    HealthPublic,
+    JobPublic,
+    ProcessVideoAccepted,
+    ProcessVideoRequest,
+    QueuePublic,
+    redact_url,
+)
+from voxtrace.config import Settings
+from voxtrace.domain import JobOptions, JobStatus, NewJob
+from voxtrace.errors import JobNotFound, RateLimited, VoxtraceError
+from voxtrace.store.base import JobStore
+
+__all__ = ["create_app"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_JOB_SECONDS = 60.0  # before any job has completed: a few minutes of video
+WORKER_STALE_S = 30.0
+
+_ERRORS = {
+    400: {"model": ErrorEnvelope},
+    404: {"model": ErrorEnvelope},
+    409: {"model": ErrorEnvelope},
+    413: {"model": ErrorEnvelope},
+    429: {"model": ErrorEnvelope},
+    500: {"model": ErrorEnvelope},
+    503: {"model": ErrorEnvelope},
+}
+_HTTP_CODES = {
+    400: "INVALID_REQUEST",
+    404: "NOT_FOUND",
+    405: "METHOD_NOT_ALLOWED",
+    413: "PAYLOAD_TOO_LARGE",
+    415: "INVALID_REQUEST",
+    429: "RATE_LIMITED",
+}
+_HTTP_MESSAGES = {
+    404: "Not found",
+    405: "Method not allowed",
+    413: "Request body too large",
+    415: "Unsupported media type",
+    429: "Too many requests",
+}
+
+
+def _envelope(status: int, code: str, message: str, job_id: str | None = None, **headers: str) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"code": code, "message": message, "job_id": job_id}},
+        status_code=status,
+        headers=headers or None,
+    )
+
+
+async def _job_id_of(request: Request) -> str | None:
+    """Best effort: the job_id of a rejected body, so the error can name it."""
+    try:
+        body = json.loads(await request.body())
+    except (ValueError, UnicodeDecodeError):
+        return None
+    job_id = body.get("job_id") if isinstance(body, dict) else None
+    return job_id if isinstance(job_id, str) and len(job_id) <= 128 else None
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    """A short, generic description of what is wrong: field names, never values."""
+    for error in exc.errors():
+        loc = [str(p) for p in error.get("loc", ()) if p != "body"]
+        field = ".".join(loc)
+        if error.get("type") == "missing" and field:
+            return f"{field} is required"
+        if error.get("type") == "json_invalid":
+            return "Request body is not valid JSON"
+        if field:
+            msg = str(error.get("msg", "is invalid")).removeprefix("Value error, ")
+            if error.get("type") == "string_pattern_mismatch":
+                msg = "has an invalid format"
+            return f"{field}: {msg}" if not msg.startswith(field) else msg
+        if error.get("type") == "value_error":
+            return str(error.get("msg", "")).removeprefix("Value error, ")
+    return "Invalid request body"
+
+
+def get_store(request: Request) -> JobStore:
+    store: JobStore = request.app.state.store
+    return store
+
+
+Store = Annotated[JobStore, Depends(get_store)]
+
+
+def create_app(settings: Settings, store: JobStore) -> FastAPI:
+    app = FastAPI(
+        title="voxtrace",
+        version=__version__,
+        description=(
+            "ML server: turns a video into a speaker-attributed, word-timed transcript "
+            "with loudness, pitch and emotion, delivered by HTTP callbacks."
+        ),
+    )
+    app.state.settings = settings
+    app.state.store = store
+    limiter = TokenBucketLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+
+    def rate_limit(request: Request) -> None:
+        client = request.client.host if request.client else "unknown"
+        allowed, wait_s = limiter.allow(client)
+        if not allowed:
+            raise RateLimited(retry_after_s=wait_s)
+
+    Limited = Depends(rate_limit)
+
+    # ------------------------------------------------------------------ errors
+    @app.exception_handler(VoxtraceError)
+    async def _voxtrace_error(request: Request, exc: VoxtraceError) -> JSONResponse:
+        headers: dict[str, str] = {}
+        if exc.retry_after_s is not None:
+            headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
+        job_id = exc.job_id or await _job_id_of(request)
+        return _envelope(exc.http_status, exc.code, exc.message, job_id, **headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _envelope(400, "INVALID_REQUEST", _validation_message(exc), await _job_id_of(request))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = _HTTP_CODES.get(exc.status_code, "INTERNAL_ERROR" if exc.status_code >= 500 else "INVALID_REQUEST")
+        message = _HTTP_MESSAGES.get(exc.status_code, "Request failed")
+        return _envelope(exc.status_code, code, message)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return _envelope(500, "INTERNAL_ERROR", "Internal server error")
+
+    # ------------------------------------------------------------------ routes
+    @app.post(
+        "/api/upload-video/process-video",
+        response_model=ProcessVideoAccepted,
+        responses=_ERRORS,
+        dependencies=[Limited],
+        summary="Submit a video for processing (answers at once; results come by callback)",
+    )
+    def process_video(body: ProcessVideoRequest, store: Store) -> ProcessVideoAccepted:
+        base = settings.callback_base_for(body.fastapi_base_url)
+        if body.fastapi_base_url and base != body.fastapi_base_url.rstrip("/"):
+            log.info(
+                "job %s: fastapi_base_url %s is not allowlisted; calling back %s",
+                body.job_id,
+                redact_url(body.fastapi_base_url),
+                base,
+            )
+        options = JobOptions(
+            language=body.language,
+            num_speakers=body.num_speakers,
+            min_speakers=body.min_speakers,
+            max_speakers=body.max_speakers,
+        )
+        try:
+            job, created = store.submit(
+                NewJob(body.job_id, body.video_url, base, options),
+                max_unfinished=settings.max_active_jobs,
+                now=time.time(),
+            )
+        except VoxtraceError as exc:
+            exc.job_id = body.job_id
+            if exc.http_status == 503:
+                exc.retry_after_s = _estimate_s(store, ahead=0)
+            raise
+        if created:
+            log.info("job %s accepted (%s)", job.job_id, redact_url(job.video_url))
+            stats = store.stats()
+            return ProcessVideoAccepted(
+                job_id=job.job_id,
+                status=JobStatus.ACCEPTED.value,
+                message="Processing started",
+                estimated_time=_estimate_s(store, ahead=stats.unfinished - 1),
+            )
+        return ProcessVideoAccepted(
+            job_id=job.job_id,
+            status=job.status.value,
+            message=job.message or "Job already exists",
+            estimated_time=0 if job.is_terminal else _estimate_s(store, ahead=0),
+            progress=job.progress,
+        )
+
+    @app.get(
+        "/api/jobs/{job_id}",
+        response_model=JobPublic,
+        responses=_ERRORS,
+        dependencies=[Limited],
+        summary="Manual status query: state, progress, attempts, result or error, callbacks",
+    )
+    def get_job(job_id: str, store: Store) -> JobPublic:
+        job = store.get(job_id)
+        if job is None:
+            raise JobNotFound(job_id=job_id)
+        return JobPublic.from_job(job, store.callback_log(job_id))
+
+    @app.get("/api/queue", response_model=QueuePublic, summary="Queue depth, capacity, workers")
+    def get_queue(store: Store) -> QueuePublic:
+        return _queue(store)
+
+    @app.get("/health", response_model=HealthPublic, summary="Liveness and readiness")
+    def health(store: Store) -> JSONResponse:
+        writable = store.check_writable()
+        queue = _queue(store)
+        workers_ok = settings.workers == 0 or any(w.get("models_loaded") for w in queue.workers)
+        checks = {"store_writable": writable, "workers_alive": workers_ok, "models_loaded": workers_ok}
+        ready = all(checks.values())
+        body = HealthPublic(
+            status="ok" if ready else "degraded",
+            ready=ready,
+            checks=checks,
+            queue=queue,
+            version=__version__,
+        )
+        return JSONResponse(body.model_dump(), status_code=200 if writable else 503)
+
+    def _queue(store: JobStore) -> QueuePublic:
+        stats = store.stats()
+        return QueuePublic(
+            accepted=stats.accepted,
+            processing=stats.processing,
+            completed=stats.completed,
+            failed=stats.failed,
+            unfinished=stats.unfinished,
+            capacity=settings.max_active_jobs,
+            callbacks_pending=stats.callbacks_pending,
+            workers=store.live_workers(since=time.time() - WORKER_STALE_S),
+        )
+
+    def _estimate_s(store: JobStore, ahead: int) -> int:
+        per_job = store.mean_processing_s() or DEFAULT_JOB_SECONDS
+        workers = max(1, len(store.live_workers(since=time.time() - WORKER_STALE_S)) or settings.workers)
+        return max(1, math.ceil(per_job * (1 + max(0, ahead) / workers)))
+
+    return app

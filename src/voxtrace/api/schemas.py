@@ -1,0 +1,159 @@
+"""Request and response bodies of the HTTP API (SPEC.md §1, plus the operator endpoints)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from voxtrace.domain import Job
+
+__all__ = [
+    "ErrorBody",
+    "ErrorEnvelope",
+    "HealthPublic",
+    "JobPublic",
+    "ProcessVideoAccepted",
+    "ProcessVideoRequest",
+    "QueuePublic",
+    "redact_url",
+]
+
+JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+MAX_URL_LENGTH = 4096
+_LANGUAGE = re.compile(r"^[a-z]{2,3}$")
+
+
+def redact_url(url: str) -> str:
+    """Drop credentials and the query string (presigned signatures) from a URL."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<invalid url>"
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+class ProcessVideoRequest(BaseModel):
+    """What the backend POSTs. Unknown keys are accepted and ignored (SPEC part 3)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    job_id: str = Field(pattern=JOB_ID_PATTERN, description="Unique job id (UUID or a safe id)")
+    video_url: str = Field(min_length=1, max_length=MAX_URL_LENGTH)
+    fastapi_base_url: str | None = Field(
+        None, description="Backend base URL for callbacks; used only when allowlisted"
+    )
+    language: str | None = Field(None, description='"auto" or an ISO 639-1 code such as "ko"')
+    num_speakers: int | None = Field(None, ge=1, le=32)
+    min_speakers: int | None = Field(None, ge=1, le=32)
+    max_speakers: int | None = Field(None, ge=1, le=32)
+
+    @field_validator("video_url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        try:
+            parts = urlsplit(value.strip())
+        except ValueError as exc:
+            raise ValueError("video_url is not a valid URL") from exc
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("video_url must be an http(s) URL")
+        if parts.username or parts.password:
+            raise ValueError("video_url must not contain credentials")
+        return value.strip()
+
+    @field_validator("language")
+    @classmethod
+    def _check_language(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.strip().lower()
+        if value in ("", "auto"):
+            return None
+        if not _LANGUAGE.match(value):
+            raise ValueError('language must be "auto" or an ISO language code')
+        return value
+
+    @model_validator(mode="after")
+    def _check_speakers(self) -> ProcessVideoRequest:
+        lo, hi = self.min_speakers, self.max_speakers
+        if lo is not None and hi is not None and lo > hi:
+            raise ValueError("min_speakers must not exceed max_speakers")
+        return self
+
+
+class ProcessVideoAccepted(BaseModel):
+    job_id: str
+    status: str
+    message: str
+    estimated_time: int = Field(description="Estimated seconds until the result")
+    progress: int = 0
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    job_id: str | None = None
+
+
+class ErrorEnvelope(BaseModel):
+    error: ErrorBody
+
+
+class JobPublic(BaseModel):
+    job_id: str
+    status: str
+    progress: int
+    message: str
+    video_url: str = Field(description="Redacted: no query string, no credentials")
+    attempts: int
+    created_at: float
+    updated_at: float
+    started_at: float | None
+    finished_at: float | None
+    result: dict[str, Any] | None
+    error: ErrorBody | None
+    callbacks: list[dict[str, Any]]
+
+    @classmethod
+    def from_job(cls, job: Job, callbacks: list[dict[str, Any]]) -> JobPublic:
+        error = None
+        if job.error_code:
+            error = ErrorBody(code=job.error_code, message=job.error_message or "", job_id=job.job_id)
+        return cls(
+            job_id=job.job_id,
+            status=job.status.value,
+            progress=job.progress,
+            message=job.message,
+            video_url=redact_url(job.video_url),
+            attempts=job.attempts,
+            created_at=job.created_at,
+            updated_at=job.updated_at,
+            started_at=job.started_at,
+            finished_at=job.finished_at,
+            result=job.result,
+            error=error,
+            callbacks=callbacks,
+        )
+
+
+class QueuePublic(BaseModel):
+    accepted: int
+    processing: int
+    completed: int
+    failed: int
+    unfinished: int
+    capacity: int
+    callbacks_pending: int
+    workers: list[dict[str, Any]]
+
+
+class HealthPublic(BaseModel):
+    status: str = Field(description='"ok" when ready to process jobs, else "degraded"')
+    ready: bool
+    checks: dict[str, bool]
+    queue: QueuePublic
+    version: str

@@ -1,0 +1,452 @@
+"""Workers run jobs; the supervisor keeps workers alive and enforces the limits.
+
+The one place that wires the job store, the pipeline and the callbacks together.
+
+    Supervisor (thread in `voxtrace serve` / `voxtrace worker`)
+      ├── worker processes (spawned; each loads its models once and loops:
+      │     claim -> run pipeline -> complete | fail | requeue)
+      ├── monitor: dead worker -> its job back to the queue (bounded attempts) and a
+      │     new worker; job over the time limit -> kill, PROCESSING_TIMEOUT; worker over
+      │     its memory cap -> kill, INSUFFICIENT_RESOURCES; lapsed leases -> requeue
+      └── callback dispatcher thread (drains the durable outbox)
+
+Worker ids are `<node_id>/<supervisor pid>/<index>.<generation>`: on start, a supervisor
+takes back every job still held by an earlier incarnation on its node (kill -9 then
+restart loses nothing). Workers die with their supervisor (PR_SET_PDEATHSIG).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import multiprocessing
+import multiprocessing.process
+import os
+import shutil
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from voxtrace.callbacks import CallbackDispatcher
+from voxtrace.config import Settings
+from voxtrace.domain import Job
+from voxtrace.errors import InsufficientResources, ProcessingTimeout, classify_exception
+from voxtrace.payloads import completed_payload, failed_payload, progress_payload
+from voxtrace.store import open_store
+from voxtrace.store.base import JobStore
+
+__all__ = ["JobRunner", "Supervisor", "worker_main"]
+
+log = logging.getLogger(__name__)
+
+INTERRUPTED_MESSAGE = "Processing was interrupted repeatedly"
+MONITOR_INTERVAL_S = 1.0
+WORKER_SEEN_INTERVAL_S = 5.0
+IDLE_POLL_S = 0.5
+
+
+class LostOwnership(Exception):
+    """The job was taken from this worker (lease lapsed, time limit): stop quietly."""
+
+
+# ------------------------------------------------------------------------ one job
+
+
+class _Progress:
+    """Reports progress through the store: monotonic, de-duplicated, kept alive.
+
+    A keep-alive thread extends the lease and, when the pipeline has been silent for
+    `heartbeat_s`, repeats the last progress callback: the backend hears from us at
+    least every 30 s even inside one long stage.
+    """
+
+    def __init__(self, store: JobStore, job: Job, worker_id: str, settings: Settings) -> None:
+        self.store = store
+        self.job = job
+        self.worker_id = worker_id
+        self.settings = settings
+        self.progress = job.progress
+        self.message = job.message
+        self._last_sent = 0.0
+        self._lost = False
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._keep_alive, name="job-heartbeat", daemon=True)
+
+    def __enter__(self) -> _Progress:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def __call__(self, progress: int, message: str) -> None:
+        if self._lost:
+            raise LostOwnership
+        with self._lock:
+            progress = max(self.progress, int(progress))
+            if (progress, message) == (self.progress, self.message) and self._last_sent:
+                return
+            self.progress, self.message = progress, message
+            self._send()
+
+    def _send(self) -> None:
+        callback = None
+        if self.settings.send_progress:
+            callback = progress_payload(self.job.job_id, self.progress, self.message)
+        owned = self.store.report_progress(
+            self.job.job_id,
+            self.worker_id,
+            self.job.attempts,
+            self.progress,
+            self.message,
+            callback,
+            time.time(),
+        )
+        self._last_sent = time.monotonic()
+        if not owned:
+            self._lost = True
+            raise LostOwnership
+
+    def _keep_alive(self) -> None:
+        interval = min(self.settings.heartbeat_s, self.settings.lease_s / 3) / 2
+        while not self._stop.wait(interval):
+            try:
+                owned = self.store.heartbeat(
+                    self.job.job_id, self.worker_id, self.job.attempts, self.settings.lease_s, time.time()
+                )
+                if not owned:
+                    self._lost = True
+                    return
+                with self._lock:
+                    if time.monotonic() - self._last_sent >= self.settings.heartbeat_s:
+                        self._send()
+            except LostOwnership:
+                return
+            except Exception:
+                log.exception("job %s: heartbeat failed", self.job.job_id)
+
+
+@dataclass
+class JobRunner:
+    """Runs claimed jobs inside a worker process, with the models it was handed."""
+
+    settings: Settings
+    store: JobStore
+    models: Any  # voxtrace.models.ModelBundle
+    worker_id: str
+    _options: Any = field(default=None, init=False)
+
+    def run(self, job: Job) -> None:
+        from voxtrace.pipeline.assemble import result_to_contract
+        from voxtrace.pipeline.runner import run_pipeline
+
+        work_dir = self.settings.work_path / job.job_id
+        log.info("job %s: attempt %d started on %s", job.job_id, job.attempts, self.worker_id)
+        try:
+            with _Progress(self.store, job, self.worker_id, self.settings) as report:
+                report(max(job.progress, 1), "Initialising")
+                _check_free_disk(self.settings)
+                work_dir.mkdir(parents=True, exist_ok=True)
+                result = run_pipeline(
+                    job.video_url, work_dir, self.models, self.pipeline_options(), job.options, report
+                )
+                report(99, "Assembling the result")
+                contract = result_to_contract(result)
+            done = self.store.complete(
+                job.job_id,
+                self.worker_id,
+                job.attempts,
+                contract,
+                completed_payload(job.job_id, contract),
+                time.time(),
+            )
+            log.info("job %s: %s", job.job_id, "completed" if done else "result dropped (lost ownership)")
+        except LostOwnership:
+            log.warning("job %s: ownership lost; leaving it to its new owner", job.job_id)
+        except Exception as exc:
+            self._fail(job, exc)
+        finally:
+            shutil.rmtree(work_dir, ignore_errors=True)
+
+    def pipeline_options(self) -> Any:
+        if self._options is None:
+            from voxtrace.models import pipeline_options
+
+            self._options = pipeline_options(self.settings)
+        return self._options
+
+    def _fail(self, job: Job, exc: Exception) -> None:
+        error = classify_exception(exc)
+        if error.code == "INTERNAL_ERROR":
+            log.exception("job %s: unexpected error", job.job_id)
+        else:
+            log.warning("job %s: %s (%s)", job.job_id, error.code, error.message)
+        now = time.time()
+        if error.retryable and job.attempts < self.settings.max_attempts:
+            if self.store.requeue(job.job_id, self.worker_id, job.attempts, now):
+                log.info("job %s: requeued after a retryable error", job.job_id)
+                return
+        current = self.store.get(job.job_id)
+        progress = current.progress if current else job.progress
+        self.store.fail(
+            job.job_id,
+            self.worker_id,
+            job.attempts,
+            error.code,
+            error.message,
+            failed_payload(job.job_id, progress, error.code, error.message),
+            now,
+        )
+
+
+def _check_free_disk(settings: Settings) -> None:
+    settings.work_path.mkdir(parents=True, exist_ok=True)
+    free_mb = shutil.disk_usage(settings.work_path).free / 2**20
+    if free_mb < settings.min_free_disk_mb:
+        raise InsufficientResources("Not enough free disk space to process the job")
+
+
+# ------------------------------------------------------------------ worker process
+
+
+def _die_with_parent() -> None:
+    """Linux: have the kernel SIGKILL this process when its supervisor dies."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def worker_main(settings: Settings, worker_id: str, log_level: str = "INFO") -> None:
+    """Entry point of a worker process: load models once, then claim and run jobs."""
+    from voxtrace.logs import configure_logging
+    from voxtrace.models import load_models
+
+    _die_with_parent()
+    configure_logging(log_level)
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides
+
+    store = open_store(settings.store_location)
+    info: dict[str, Any] = {"worker_id": worker_id, "pid": os.getpid(), "models_loaded": False}
+    store.worker_seen(worker_id, info, time.time())
+    models = load_models(settings)
+    info["models_loaded"] = True
+    runner = JobRunner(settings, store, models, worker_id)
+    last_seen = 0.0
+    log.info("worker %s ready", worker_id)
+    while not stopping.is_set():
+        now = time.time()
+        if now - last_seen >= WORKER_SEEN_INTERVAL_S:
+            store.worker_seen(worker_id, {**info, "state": "idle"}, now)
+            last_seen = now
+        job = store.claim(worker_id, settings.lease_s, now)
+        if job is None:
+            stopping.wait(IDLE_POLL_S)
+            continue
+        store.worker_seen(worker_id, {**info, "state": "busy", "job_id": job.job_id}, now)
+        runner.run(job)
+        last_seen = 0.0
+    store.close()
+
+
+# ----------------------------------------------------------------------- supervisor
+
+
+@dataclass
+class _Slot:
+    index: int
+    generation: int = 0
+    process: multiprocessing.process.BaseProcess | None = None
+    worker_id: str = ""
+    restart_at: float = 0.0
+    quick_deaths: int = 0
+    started_at: float = 0.0
+
+
+class Supervisor:
+    """Keeps `settings.workers` worker processes running and enforces job limits."""
+
+    def __init__(self, settings: Settings, store: JobStore, log_level: str = "INFO") -> None:
+        self.settings = settings
+        self.store = store
+        self.log_level = log_level
+        self.prefix = f"{settings.node_id}/{os.getpid()}/"
+        self._ctx = multiprocessing.get_context("spawn")
+        self._slots = [_Slot(i) for i in range(settings.workers)]
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._http: httpx.Client | None = None
+
+    # -- lifecycle
+    def start(self, dispatch_callbacks: bool = True) -> None:
+        self.recover()
+        for slot in self._slots:
+            self._spawn(slot)
+        self._threads.append(threading.Thread(target=self._monitor, name="supervisor", daemon=True))
+        if dispatch_callbacks:
+            self._http = httpx.Client(timeout=self.settings.callback_timeout_s, follow_redirects=False)
+            dispatcher = CallbackDispatcher(
+                self.store,
+                self._http,
+                path=self.settings.callback_path,
+                secret=self.settings.callback_secret,
+                retry_window_s=self.settings.callback_retry_window_s,
+                timeout_s=self.settings.callback_timeout_s,
+            )
+            self._threads.append(
+                threading.Thread(target=dispatcher.run, args=(self._stop,), name="callbacks", daemon=True)
+            )
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        self._stop.set()
+        for slot in self._slots:
+            if slot.process is not None and slot.process.is_alive():
+                slot.process.terminate()
+        deadline = time.monotonic() + timeout_s
+        for slot in self._slots:
+            if slot.process is not None:
+                slot.process.join(max(0.1, deadline - time.monotonic()))
+                if slot.process.is_alive():
+                    slot.process.kill()
+                    slot.process.join(2)
+        for thread in self._threads:
+            thread.join(timeout=5)
+        for slot in self._slots:
+            self._reclaim(slot.worker_id, reason="worker stopped")
+        if self._http is not None:
+            self._http.close()
+
+    def recover(self) -> None:
+        """Take back jobs of this node's earlier incarnations; drop their temp files."""
+        node = f"{self.settings.node_id}/"
+        for job in self.store.jobs_owned_by(node):
+            if not job.worker_id or not job.worker_id.startswith(self.prefix):
+                self._give_back(job, reason="server restarted")
+        work = self.settings.work_path
+        if work.exists():
+            busy = {j.job_id for j in self.store.jobs_owned_by(node)}
+            for child in work.iterdir():
+                if child.name not in busy:
+                    shutil.rmtree(child, ignore_errors=True)
+
+    # -- internals
+    def _spawn(self, slot: _Slot) -> None:
+        slot.generation += 1
+        slot.worker_id = f"{self.prefix}{slot.index}.{slot.generation}"
+        slot.process = self._ctx.Process(
+            target=worker_main,
+            args=(self.settings, slot.worker_id, self.log_level),
+            name=f"voxtrace-worker-{slot.index}",
+        )
+        slot.process.start()
+        slot.started_at = time.monotonic()
+        log.info("started worker %s (pid %s)", slot.worker_id, slot.process.pid)
+
+    def _monitor(self) -> None:
+        last_reap = 0.0
+        while not self._stop.wait(MONITOR_INTERVAL_S):
+            try:
+                for slot in self._slots:
+                    self._check_slot(slot)
+                if time.monotonic() - last_reap > 5:
+                    self._reap_lapsed_leases()
+                    last_reap = time.monotonic()
+            except Exception:
+                log.exception("supervisor pass failed")
+
+    def _check_slot(self, slot: _Slot) -> None:
+        proc = slot.process
+        now = time.monotonic()
+        if proc is None:
+            if now >= slot.restart_at:
+                self._spawn(slot)
+            return
+        if not proc.is_alive():
+            log.warning("worker %s exited (code %s)", slot.worker_id, proc.exitcode)
+            self._reclaim(slot.worker_id, reason="worker died")
+            lived = now - slot.started_at
+            slot.quick_deaths = slot.quick_deaths + 1 if lived < 30 else 0
+            slot.restart_at = now + min(30.0, 0.5 * 2**slot.quick_deaths) if slot.quick_deaths else now
+            slot.process = None
+            return
+        for job in self.store.jobs_owned_by(slot.worker_id):
+            if job.started_at and time.time() - job.started_at > self.settings.job_timeout_s:
+                log.warning("job %s: over the time limit; stopping worker %s", job.job_id, slot.worker_id)
+                self._kill(slot)
+                self._fail(job, ProcessingTimeout())
+                return
+        rss_mb = _rss_mb(proc.pid)
+        if rss_mb > self.settings.worker_max_rss_mb:
+            log.warning("worker %s uses %d MB (cap %d); replacing it", slot.worker_id, rss_mb, self.settings.worker_max_rss_mb)
+            jobs = self.store.jobs_owned_by(slot.worker_id)
+            self._kill(slot)
+            for job in jobs:
+                self._fail(job, InsufficientResources("Not enough memory to process the job"))
+
+    def _kill(self, slot: _Slot) -> None:
+        if slot.process is not None:
+            slot.process.kill()
+            slot.process.join(5)
+        slot.process = None
+        slot.restart_at = time.monotonic()
+
+    def _reclaim(self, worker_id: str, reason: str) -> None:
+        if worker_id:
+            for job in self.store.jobs_owned_by(worker_id):
+                self._give_back(job, reason)
+
+    def _reap_lapsed_leases(self) -> None:
+        for job in self.store.expired_leases(time.time()):
+            self._give_back(job, reason="lease lapsed")
+
+    def _give_back(self, job: Job, reason: str) -> None:
+        """A job whose worker is gone: run it again, or fail it when attempts are spent."""
+        if job.attempts < self.settings.max_attempts:
+            if self.store.release_lapsed(job.job_id, job.attempts, time.time()):
+                log.warning("job %s: %s; queued again (attempt %d done)", job.job_id, reason, job.attempts)
+        else:
+            log.error("job %s: %s; attempts exhausted", job.job_id, reason)
+            self._fail(job, InsufficientResources(INTERRUPTED_MESSAGE))
+
+    def _fail(self, job: Job, error: Exception) -> None:
+        err = classify_exception(error)
+        current = self.store.get(job.job_id)
+        progress = current.progress if current else job.progress
+        self.store.fail(
+            job.job_id,
+            None,
+            None,
+            err.code,
+            err.message,
+            failed_payload(job.job_id, progress, err.code, err.message),
+            time.time(),
+        )
+        shutil.rmtree(self.settings.work_path / job.job_id, ignore_errors=True)
+
+
+def _rss_mb(pid: int | None) -> int:
+    """Resident memory of a process and its children (ffmpeg), in MB."""
+    if pid is None:
+        return 0
+    total_kb = 0
+    pids = [pid]
+    with contextlib.suppress(OSError):
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        pids += [int(c) for c in children]
+    for p in pids:
+        with contextlib.suppress(OSError, ValueError):
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total_kb += int(line.split()[1])
+    return total_kb // 1024

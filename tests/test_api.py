@@ -1,0 +1,213 @@
+"""The HTTP API on a real uvicorn server and a real SQLite store (no workers)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from voxtrace.api import create_app
+from voxtrace.config import Settings, get_settings
+from voxtrace.devbackend import ServerThread
+from voxtrace.store import SqliteJobStore
+
+SUBMIT = "/api/upload-video/process-video"
+VIDEO = "https://bucket.s3.ap-northeast-2.amazonaws.com/videos/u/talk.mp4"
+
+
+def make_server(tmp_path: Path, **overrides: Any) -> tuple[ServerThread, SqliteJobStore, Settings]:
+    settings = get_settings(data_dir=tmp_path, workers=0, **overrides)
+    store = SqliteJobStore(tmp_path / "jobs.db")
+    server = ServerThread(create_app(settings, store)).start()
+    return server, store, settings
+
+
+@pytest.fixture
+def api(tmp_path: Path) -> Iterator[httpx.Client]:
+    server, store, _ = make_server(tmp_path, max_body_bytes=8192)
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        yield client
+    server.stop()
+    store.close()
+
+
+def assert_envelope(response: httpx.Response, status: int, code: str, job_id: str | None = None) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"}
+    error = body["error"]
+    assert error["code"] == code
+    assert isinstance(error["message"], str) and error["message"]
+    assert error["job_id"] == job_id
+    text = response.text
+    assert "Traceback" not in text and "/work/" not in text and ".py" not in text
+    return error
+
+
+def test_accepts_the_spec_request_and_the_deployed_backends_extras(api: httpx.Client) -> None:
+    r = api.post(SUBMIT, json={"job_id": "550e8400-e29b-41d4-a716-446655440000", "video_url": VIDEO})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["job_id"] == "550e8400-e29b-41d4-a716-446655440000"
+    assert body["status"] == "accepted"
+    assert body["message"] == "Processing started"
+    assert isinstance(body["estimated_time"], int) and body["estimated_time"] > 0
+
+    extras = {
+        "job_id": "test-123",
+        "video_url": VIDEO,
+        "fastapi_base_url": None,
+        "language": "ko",
+        "something_new": {"nested": True},
+    }
+    r = api.post(SUBMIT, json=extras, headers={"User-Agent": "ECS-FastAPI-Backend/1.0"})
+    assert r.status_code == 200 and r.json()["status"] == "accepted"
+
+
+def test_resubmission_is_idempotent_and_a_different_url_conflicts(api: httpx.Client) -> None:
+    body = {"job_id": "job-1", "video_url": VIDEO}
+    assert api.post(SUBMIT, json=body).json()["status"] == "accepted"
+    again = api.post(SUBMIT, json=body)
+    assert again.status_code == 200
+    assert again.json()["job_id"] == "job-1"
+    assert again.json()["status"] == "accepted"
+    assert api.get("/api/queue").json()["accepted"] == 1  # no second job
+
+    other = api.post(SUBMIT, json={"job_id": "job-1", "video_url": VIDEO + "?v=2"})
+    assert_envelope(other, 409, "JOB_CONFLICT", "job-1")
+
+
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        ({"job_id": "j1"}, "video_url is required"),
+        ({"video_url": VIDEO}, "job_id is required"),
+        ({"job_id": "j1", "video_url": "ftp://host/file.mp4"}, "video_url"),
+        ({"job_id": "j1", "video_url": "file:///etc/passwd"}, "video_url"),
+        ({"job_id": "j1", "video_url": "https://user:pw@host/v.mp4"}, "credentials"),
+        ({"job_id": "j1", "video_url": "https://h/" + "a" * 5000}, "video_url"),
+        ({"job_id": "j1", "video_url": VIDEO, "language": "klingon!"}, "language"),
+        ({"job_id": "j1", "video_url": VIDEO, "num_speakers": 0}, "num_speakers"),
+        ({"job_id": "j1", "video_url": VIDEO, "min_speakers": 4, "max_speakers": 2}, "min_speakers"),
+    ],
+)
+def test_invalid_requests_get_the_envelope(api: httpx.Client, body: dict[str, Any], needle: str) -> None:
+    r = api.post(SUBMIT, json=body)
+    error = assert_envelope(r, 400, "INVALID_REQUEST", body.get("job_id"))
+    assert needle in error["message"]
+    assert "ftp://" not in error["message"] and "pw@" not in error["message"]
+
+
+def test_bad_job_ids_and_bodies(api: httpx.Client) -> None:
+    assert_envelope(api.post(SUBMIT, json={"job_id": "../../etc", "video_url": VIDEO}), 400, "INVALID_REQUEST", "../../etc")
+    assert_envelope(api.post(SUBMIT, content=b"{not json", headers={"content-type": "application/json"}), 400, "INVALID_REQUEST")
+    assert_envelope(api.post(SUBMIT, json=["a", "list"]), 400, "INVALID_REQUEST")
+
+
+def test_http_errors_use_the_envelope(api: httpx.Client) -> None:
+    assert_envelope(api.get("/no/such/route"), 404, "NOT_FOUND")
+    assert_envelope(api.get(SUBMIT), 405, "METHOD_NOT_ALLOWED")
+    assert_envelope(api.get("/api/jobs/unknown-job"), 404, "JOB_NOT_FOUND", "unknown-job")
+
+
+def test_body_over_the_cap_is_refused_with_413(api: httpx.Client) -> None:
+    big = {"job_id": "big", "video_url": VIDEO, "pad": "x" * 20_000}
+    assert_envelope(api.post(SUBMIT, json=big), 413, "PAYLOAD_TOO_LARGE")
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: streamed
+        yield json.dumps(big).encode()
+
+    assert_envelope(api.post(SUBMIT, content=chunks(), headers={"content-type": "application/json"}), 413, "PAYLOAD_TOO_LARGE")
+
+
+def test_the_eleventh_unfinished_job_is_refused_with_retry_after(tmp_path: Path) -> None:
+    server, store, _ = make_server(tmp_path, max_active_jobs=10)
+    try:
+        with httpx.Client(base_url=server.url) as client:
+            for i in range(10):
+                assert client.post(SUBMIT, json={"job_id": f"j{i}", "video_url": VIDEO}).status_code == 200
+            r = client.post(SUBMIT, json={"job_id": "j10", "video_url": VIDEO})
+            assert_envelope(r, 503, "INSUFFICIENT_RESOURCES", "j10")
+            assert int(r.headers["Retry-After"]) >= 1
+            # a resubmission of an existing job is still answered
+            assert client.post(SUBMIT, json={"job_id": "j3", "video_url": VIDEO}).status_code == 200
+            assert client.get("/api/queue").json()["unfinished"] == 10
+    finally:
+        server.stop()
+        store.close()
+
+
+def test_rate_limit_per_client(tmp_path: Path) -> None:
+    server, store, _ = make_server(tmp_path, rate_limit_per_minute=60, rate_limit_burst=5)
+    try:
+        with httpx.Client(base_url=server.url) as client:
+            codes = [client.get("/api/jobs/x").status_code for _ in range(8)]
+            assert codes[:5] == [404] * 5
+            assert codes[5:] == [429] * 3
+            r = client.get("/api/jobs/x")
+            assert_envelope(r, 429, "RATE_LIMITED")
+            assert int(r.headers["Retry-After"]) >= 1
+            assert client.get("/health").status_code == 200  # health is never limited
+    finally:
+        server.stop()
+        store.close()
+
+
+def test_job_status_query_redacts_the_url(api: httpx.Client) -> None:
+    signed = VIDEO + "?X-Amz-Signature=secret123&X-Amz-Credential=AKIA"
+    api.post(SUBMIT, json={"job_id": "s3job", "video_url": signed})
+    r = api.get("/api/jobs/s3job")
+    assert r.status_code == 200
+    body = r.json()
+    assert body["status"] == "accepted" and body["progress"] == 0 and body["attempts"] == 0
+    assert body["video_url"] == VIDEO
+    assert "secret123" not in r.text and "AKIA" not in r.text
+
+
+def test_health_queue_and_docs(api: httpx.Client) -> None:
+    health = api.get("/health").json()
+    assert health["checks"]["store_writable"] is True
+    assert health["queue"]["capacity"] == 10
+    spec = api.get("/openapi.json").json()
+    assert {SUBMIT, "/api/jobs/{job_id}", "/api/queue", "/health"} <= set(spec["paths"])
+    assert api.get("/docs").status_code == 200
+
+
+def test_unexpected_errors_are_generic_500s(tmp_path: Path) -> None:
+    server, store, _ = make_server(tmp_path)
+    store.close()
+    (tmp_path / "jobs.db").unlink()
+    (tmp_path / "jobs.db").mkdir()  # the store can no longer open its file
+    try:
+        r = httpx.get(f"{server.url}/api/jobs/anything")
+        assert_envelope(r, 500, "INTERNAL_ERROR")
+    finally:
+        server.stop()
+
+
+def test_the_api_never_imports_the_pipeline_or_models() -> None:
+    """Accepting a job must never wait for a model: the API only touches the store."""
+    import voxtrace.api
+
+    api_dir = Path(voxtrace.api.__file__).parent
+    for source in api_dir.glob("*.py"):
+        imported = _imports(source)
+        forbidden = {m for m in imported if m.startswith(("voxtrace.pipeline", "voxtrace.models", "voxtrace.worker"))}
+        assert not forbidden, f"{source.name} imports {forbidden}"
+        assert "faster_whisper" not in imported
+
+
+def _imports(source: Path) -> set[str]:
+    import ast
+
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(source.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+        elif isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+    return names
