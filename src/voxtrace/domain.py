@@ -116,6 +116,7 @@ class OutboxItem:
 
     id: int
     job_id: str
+    seq: int  # 1, 2, 3 ... within the job: delivery order and idempotency key
     base_url: str  # the job's callback base; the dispatcher appends the configured path
     payload: dict[str, Any]
     terminal: bool

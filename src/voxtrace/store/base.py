@@ -7,7 +7,8 @@ A shared test suite (tests/test_store_contract.py) runs against every implementa
 Invariants every implementation keeps:
 - `progress` never decreases within a job.
 - A job leaves `processing` only through its current owner (`worker_id` + `attempt`
-  fencing), or through `requeue_expired`/`fail_unowned` once its lease has lapsed.
+  fencing), through `release_lapsed` once its lease has lapsed, or through `fail`
+  without an owner (the supervisor's time limit).
 - Reaching `completed`/`failed` and queueing the terminal callback is one atomic step;
   it happens at most once per job, so exactly one terminal callback exists per job.
 - Once a terminal callback is queued, no other callback of that job is sent: pending
@@ -15,6 +16,10 @@ Invariants every implementation keeps:
 - Callbacks of one job are delivered in order: `due_callbacks` returns only the oldest
   undelivered callback of each job; a newer progress callback supersedes an older
   undelivered one (the backend only needs the latest progress).
+- Stored results and callback bodies are strict JSON: a NaN or Infinity raises
+  ValueError before anything is written (the backend's PostgreSQL JSONB refuses them).
+- Run one callback dispatcher per store: a job's next callback is handed out only once
+  the previous one is settled, which holds order only if one process delivers.
 """
 
 from __future__ import annotations
@@ -55,7 +60,9 @@ class JobStore(abc.ABC):
         """
 
     @abc.abstractmethod
-    def heartbeat(self, job_id: str, worker_id: str, attempt: int, lease_s: float, now: float) -> bool:
+    def heartbeat(
+        self, job_id: str, worker_id: str, attempt: int, lease_s: float, now: float
+    ) -> bool:
         """Extend the lease; False when this worker no longer owns the job."""
 
     @abc.abstractmethod
@@ -131,7 +138,9 @@ class JobStore(abc.ABC):
     def mark_delivered(self, item_id: int, now: float) -> None: ...
 
     @abc.abstractmethod
-    def schedule_retry(self, item_id: int, next_attempt_at: float, error: str, now: float) -> None: ...
+    def schedule_retry(
+        self, item_id: int, next_attempt_at: float, error: str, now: float
+    ) -> None: ...
 
     @abc.abstractmethod
     def mark_dead(self, item_id: int, error: str, now: float) -> None:

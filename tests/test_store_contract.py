@@ -1,0 +1,564 @@
+"""The JobStore contract: one suite, run against every implementation.
+
+Each test names the invariant of `voxtrace.store.base` it holds the store to.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from voxtrace import errors
+from voxtrace.domain import JobOptions, JobStatus, NewJob
+from voxtrace.payloads import completed_payload, failed_payload, progress_payload
+from voxtrace.store import MemoryJobStore, SqliteJobStore, open_store
+from voxtrace.store.base import JobStore
+from voxtrace.store.sqlite import SCHEMA_VERSION
+
+BASE = "http://backend.test"
+LEASE_S = 60.0
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[JobStore]:
+    impl: JobStore = (
+        MemoryJobStore() if request.param == "memory" else SqliteJobStore(tmp_path / "jobs.db")
+    )
+    yield impl
+    impl.close()
+
+
+def new_job(job_id: str, video_url: str | None = None, **options: Any) -> NewJob:
+    return NewJob(
+        job_id=job_id,
+        video_url=video_url or f"https://bucket.test/{job_id}.mp4",
+        callback_base_url=BASE,
+        options=JobOptions(**options),
+    )
+
+
+def submit(store: JobStore, *job_ids: str, now: float = 1.0) -> None:
+    for offset, job_id in enumerate(job_ids):
+        store.submit(new_job(job_id), max_unfinished=100, now=now + offset)
+
+
+def claim(store: JobStore, worker_id: str = "w1", now: float = 10.0) -> tuple[str, int]:
+    job = store.claim(worker_id, LEASE_S, now)
+    assert job is not None
+    return job.job_id, job.attempts
+
+
+def progress(
+    store: JobStore, job_id: str, attempt: int, value: int, worker: str = "w1", now: float = 11.0
+) -> bool:
+    return store.report_progress(
+        job_id, worker, attempt, value, f"at {value}", progress_payload(job_id, value, "x"), now
+    )
+
+
+def complete(
+    store: JobStore, job_id: str, attempt: int, worker: str = "w1", now: float = 20.0
+) -> bool:
+    result = {"metadata": {"duration": 1.5}, "segments": []}
+    return store.complete(job_id, worker, attempt, result, completed_payload(job_id, result), now)
+
+
+def fail(
+    store: JobStore, job_id: str, attempt: int | None, worker: str | None = "w1", now: float = 20.0
+) -> bool:
+    payload = failed_payload(job_id, 0, "TRANSCRIPTION_ERROR", "Speech recognition failed")
+    return store.fail(
+        job_id, worker, attempt, "TRANSCRIPTION_ERROR", "Speech recognition failed", payload, now
+    )
+
+
+def states(store: JobStore, job_id: str) -> list[tuple[str, str]]:
+    return [(entry["status"], entry["state"]) for entry in store.callback_log(job_id)]
+
+
+# ------------------------------------------------------------------------ submission
+
+
+def test_submit_stores_an_accepted_job(store: JobStore) -> None:
+    job, created = store.submit(new_job("a", language="ko", num_speakers=2), 10, now=5.0)
+    assert created
+    assert job.status is JobStatus.ACCEPTED
+    assert (job.progress, job.attempts, job.created_at) == (0, 0, 5.0)
+    fetched = store.get("a")
+    assert fetched == job
+    assert fetched.options == JobOptions(language="ko", num_speakers=2)
+    assert fetched.callback_base_url == BASE
+    assert store.get("missing") is None
+
+
+def test_submit_is_idempotent_per_job_id(store: JobStore) -> None:
+    first, created = store.submit(new_job("a"), 10, now=1.0)
+    again, created_again = store.submit(new_job("a"), 10, now=2.0)
+    assert created and not created_again
+    assert again == first  # the original, untouched
+    assert store.stats().accepted == 1
+
+
+def test_same_job_id_with_another_video_is_a_conflict(store: JobStore) -> None:
+    store.submit(new_job("a"), 10, now=1.0)
+    with pytest.raises(errors.JobConflict):
+        store.submit(new_job("a", video_url="https://bucket.test/other.mp4"), 10, now=2.0)
+    assert store.get("a").video_url == "https://bucket.test/a.mp4"  # type: ignore[union-attr]
+
+
+def test_capacity_counts_unfinished_jobs_only(store: JobStore) -> None:
+    store.submit(new_job("a"), 2, now=1.0)
+    store.submit(new_job("b"), 2, now=2.0)
+    with pytest.raises(errors.CapacityExceeded):
+        store.submit(new_job("c"), 2, now=3.0)
+    assert store.get("c") is None
+    # A repeat of an existing job is still answered at capacity.
+    assert store.submit(new_job("a"), 2, now=3.0)[1] is False
+    job_id, attempt = claim(store)
+    assert complete(store, job_id, attempt)
+    _, created = store.submit(new_job("c"), 2, now=4.0)
+    assert created
+
+
+# ------------------------------------------------------------------------ dispatch
+
+
+def test_claim_takes_the_oldest_accepted_job_and_leases_it(store: JobStore) -> None:
+    store.submit(new_job("late"), 10, now=3.0)
+    store.submit(new_job("early"), 10, now=1.0)
+    store.submit(new_job("tie-1"), 10, now=2.0)
+    store.submit(new_job("tie-2"), 10, now=2.0)
+    job = store.claim("w1", 30.0, now=10.0)
+    assert job is not None
+    assert job.job_id == "early"
+    assert job.status is JobStatus.PROCESSING
+    assert (job.attempts, job.worker_id, job.lease_expires_at, job.started_at) == (
+        1,
+        "w1",
+        40.0,
+        10.0,
+    )
+    order = [claim(store, now=11.0)[0] for _ in range(3)]
+    assert order == ["tie-1", "tie-2", "late"]
+    assert store.claim("w1", 30.0, now=12.0) is None
+
+
+def test_requeue_returns_the_job_and_the_next_claim_is_a_new_attempt(store: JobStore) -> None:
+    submit(store, "a")
+    job_id, attempt = claim(store, "w1")
+    assert store.requeue(job_id, "w1", attempt, now=12.0)
+    job = store.get(job_id)
+    assert job is not None
+    assert (job.status, job.worker_id, job.attempts) == (JobStatus.ACCEPTED, None, 1)
+    assert not store.requeue(job_id, "w1", attempt, now=13.0)  # no longer processing
+    assert claim(store, "w2") == ("a", 2)
+
+
+def test_a_stale_attempt_can_change_nothing(store: JobStore) -> None:
+    """Fencing: after a lease lapses and the job is re-claimed, the old owner is out."""
+    submit(store, "a")
+    job_id, first = claim(store, "w1", now=10.0)
+    assert store.release_lapsed(job_id, first, now=10.0 + LEASE_S + 1)
+    _, second = claim(store, "w2", now=80.0)
+    assert second == first + 1
+
+    assert not store.heartbeat(job_id, "w1", first, LEASE_S, now=81.0)
+    assert not progress(store, job_id, first, 50, worker="w1")
+    assert not store.requeue(job_id, "w1", first, now=81.0)
+    assert not complete(store, job_id, first, worker="w1")
+    assert not fail(store, job_id, first, worker="w1")
+    # Right attempt number, wrong worker; right worker, wrong attempt.
+    assert not complete(store, job_id, second, worker="w1")
+    assert not complete(store, job_id, first, worker="w2")
+
+    job = store.get(job_id)
+    assert job is not None
+    assert (job.status, job.worker_id, job.progress) == (JobStatus.PROCESSING, "w2", 0)
+    assert store.callback_log(job_id) == []
+    assert complete(store, job_id, second, worker="w2")
+
+
+def test_heartbeat_extends_the_lease_and_lapsed_leases_are_released(store: JobStore) -> None:
+    submit(store, "a", "b")
+    a, attempt_a = claim(store, "w1", now=0.0)  # lease until 60
+    b, attempt_b = claim(store, "w2", now=0.0)
+    assert store.heartbeat(a, "w1", attempt_a, LEASE_S, now=30.0)  # lease until 90
+    assert store.get(a).lease_expires_at == 90.0  # type: ignore[union-attr]
+
+    assert store.expired_leases(now=59.0) == []
+    assert [j.job_id for j in store.expired_leases(now=61.0)] == [b]
+    assert not store.release_lapsed(a, attempt_a, now=61.0)  # still leased
+    assert not store.release_lapsed(b, attempt_b + 1, now=61.0)  # another attempt
+    assert store.release_lapsed(b, attempt_b, now=61.0)
+    assert not store.release_lapsed(b, attempt_b, now=62.0)  # already released
+    job = store.get(b)
+    assert job is not None
+    assert (job.status, job.worker_id, job.lease_expires_at) == (JobStatus.ACCEPTED, None, None)
+    assert [j.job_id for j in store.expired_leases(now=91.0)] == [a]
+
+
+def test_jobs_owned_by_matches_a_literal_prefix(store: JobStore) -> None:
+    submit(store, "a", "b", "c", "d")
+    claim(store, "node1/w0")
+    claim(store, "node1/w1")
+    claim(store, "node2/w0")
+    assert sorted(j.job_id for j in store.jobs_owned_by("node1/")) == ["a", "b"]
+    assert [j.job_id for j in store.jobs_owned_by("node2/w0")] == ["c"]
+    assert store.jobs_owned_by("node1%") == []  # no LIKE wildcards
+    assert store.jobs_owned_by("node3/") == []
+    complete(store, "a", 1, worker="node1/w0")
+    assert [j.job_id for j in store.jobs_owned_by("node1/")] == ["b"]
+
+
+# ------------------------------------------------------------------------ progress
+
+
+def test_progress_never_decreases_and_the_callback_carries_the_stored_value(
+    store: JobStore,
+) -> None:
+    submit(store, "a")
+    job_id, attempt = claim(store)
+    assert progress(store, job_id, attempt, 40)
+    assert progress(store, job_id, attempt, 25)  # accepted, but not as a step back
+    job = store.get(job_id)
+    assert job is not None
+    assert (job.progress, job.message) == (40, "at 25")
+    (head,) = store.due_callbacks(now=100.0, limit=10)
+    assert head.payload["progress"] == 40
+    assert isinstance(head.payload["progress"], int)
+
+
+def test_progress_without_a_callback_queues_nothing(store: JobStore) -> None:
+    submit(store, "a")
+    job_id, attempt = claim(store)
+    assert store.report_progress(job_id, "w1", attempt, 30, "working", None, now=11.0)
+    assert store.get(job_id).progress == 30  # type: ignore[union-attr]
+    assert store.callback_log(job_id) == []
+
+
+def test_a_newer_progress_callback_supersedes_an_undelivered_one(store: JobStore) -> None:
+    submit(store, "a")
+    job_id, attempt = claim(store)
+    for value in (10, 25, 40):
+        progress(store, job_id, attempt, value)
+    assert states(store, job_id) == [
+        ("processing", "superseded"),
+        ("processing", "superseded"),
+        ("processing", "pending"),
+    ]
+    (head,) = store.due_callbacks(now=100.0, limit=10)
+    assert (head.seq, head.payload["progress"]) == (3, 40)
+    assert store.stats().callbacks_pending == 1
+
+
+def test_a_replacement_keeps_the_backoff_of_the_callback_it_replaces(store: JobStore) -> None:
+    submit(store, "a")
+    job_id, attempt = claim(store)
+    progress(store, job_id, attempt, 10, now=11.0)
+    (first,) = store.due_callbacks(now=11.0, limit=10)
+    store.schedule_retry(first.id, next_attempt_at=50.0, error="HTTP 503", now=12.0)
+    progress(store, job_id, attempt, 20, now=13.0)
+    assert store.due_callbacks(now=49.0, limit=10) == []
+    (second,) = store.due_callbacks(now=50.0, limit=10)
+    assert second.payload["progress"] == 20
+
+
+# ------------------------------------------------------------------------ terminal
+
+
+def test_complete_queues_exactly_one_terminal_callback(store: JobStore) -> None:
+    submit(store, "a")
+    job_id, attempt = claim(store)
+    progress(store, job_id, attempt, 60)
+    assert complete(store, job_id, attempt, now=20.0)
+    job = store.get(job_id)
+    assert job is not None
+    assert job.status is JobStatus.COMPLETED
+    assert (job.progress, job.finished_at, job.lease_expires_at) == (100, 20.0, None)
+    assert job.result == {"metadata": {"duration": 1.5}, "segments": []}
+
+    assert not fail(store, job_id, attempt)  # the owner cannot fail it afterwards
+    assert not fail(store, job_id, None, worker=None)  # nor can the supervisor
+    assert not complete(store, job_id, attempt)
+    assert store.get(job_id).status is JobStatus.COMPLETED  # type: ignore[union-attr]
+    # The pending progress callback is dropped in favour of the terminal one.
+    assert states(store, job_id) == [("processing", "superseded"), ("completed", "pending")]
+    (head,) = store.due_callbacks(now=100.0, limit=10)
+    assert head.terminal and head.payload["status"] == "completed"
+
+
+def test_fail_then_complete_is_refused(store: JobStore) -> None:
+    submit(store, "a")
+    job_id, attempt = claim(store)
+    assert fail(store, job_id, attempt)
+    assert not complete(store, job_id, attempt)
+    assert not fail(store, job_id, None, worker=None)
+    job = store.get(job_id)
+    assert job is not None
+    assert (job.status, job.error_code, job.result) == (
+        JobStatus.FAILED,
+        "TRANSCRIPTION_ERROR",
+        None,
+    )
+    assert [e["terminal"] for e in store.callback_log(job_id)] == [True]
+
+
+def test_supervisor_fail_ends_the_job_and_silences_its_worker(store: JobStore) -> None:
+    submit(store, "a")
+    job_id, attempt = claim(store)
+    progress(store, job_id, attempt, 45)
+    assert fail(store, job_id, None, worker=None, now=30.0)  # e.g. the time limit
+    # The worker, unaware, keeps reporting: nothing more is written or queued.
+    assert not progress(store, job_id, attempt, 80, now=31.0)
+    assert not complete(store, job_id, attempt, now=32.0)
+    assert states(store, job_id) == [("processing", "superseded"), ("failed", "pending")]
+    (terminal,) = store.due_callbacks(now=100.0, limit=10)
+    # The failed callback says where the job stopped, whatever the caller put in.
+    assert terminal.payload["progress"] == 45
+    assert terminal.payload["error_code"] == "TRANSCRIPTION_ERROR"
+    assert store.get(job_id).progress == 45  # type: ignore[union-attr]
+
+
+def test_a_job_can_be_failed_before_any_worker_claims_it(store: JobStore) -> None:
+    submit(store, "a")
+    assert fail(store, "a", None, worker=None)
+    assert store.claim("w1", LEASE_S, now=10.0) is None
+    assert store.get("a").status is JobStatus.FAILED  # type: ignore[union-attr]
+    assert not fail(store, "missing", None, worker=None)
+
+
+def test_fail_needs_both_owner_fields_or_neither(store: JobStore) -> None:
+    submit(store, "a")
+    with pytest.raises(ValueError):
+        fail(store, "a", None, worker="w1")
+
+
+def test_a_result_that_is_not_strict_json_is_refused_whole(store: JobStore) -> None:
+    """NaN cannot reach the backend (PostgreSQL JSONB): refuse it before any write."""
+    submit(store, "a")
+    job_id, attempt = claim(store)
+    bad = {"segments": [{"volume_db": math.nan}]}
+    with pytest.raises(ValueError):
+        store.complete(job_id, "w1", attempt, bad, completed_payload(job_id, bad), now=20.0)
+    job = store.get(job_id)
+    assert job is not None
+    assert (job.status, job.result) == (JobStatus.PROCESSING, None)
+    assert store.callback_log(job_id) == []
+    assert complete(store, job_id, attempt)  # the owner may still finish properly
+
+
+# ------------------------------------------------------------------------ outbox
+
+
+def test_due_callbacks_hands_out_one_callback_per_job_in_order(store: JobStore) -> None:
+    submit(store, "a", "b")
+    a, attempt_a = claim(store, "w1")
+    b, attempt_b = claim(store, "w2")
+    progress(store, a, attempt_a, 10, now=11.0)
+    progress(store, b, attempt_b, 10, worker="w2", now=12.0)
+    heads = store.due_callbacks(now=20.0, limit=10)
+    assert [(h.job_id, h.seq) for h in heads] == [(a, 1), (b, 1)]
+    assert store.due_callbacks(now=20.0, limit=1) == heads[:1]
+    assert store.due_callbacks(now=11.5, limit=10) == heads[:1]  # b's not due yet
+
+    # a's progress is in flight when a finishes: the terminal waits its turn...
+    complete(store, a, attempt_a, now=21.0)
+    store.mark_delivered(heads[0].id, now=22.0)
+    # ...and the one in flight is recorded as delivered, because it was.
+    assert states(store, a) == [("processing", "delivered"), ("completed", "pending")]
+    due = {h.job_id: h for h in store.due_callbacks(now=30.0, limit=10)}
+    assert (due[a].seq, due[a].terminal, due[a].base_url) == (2, True, BASE)
+    store.mark_delivered(due[a].id, now=31.0)
+    assert [h.job_id for h in store.due_callbacks(now=40.0, limit=10)] == [b]
+
+
+def test_delivery_bookkeeping(store: JobStore) -> None:
+    submit(store, "a")
+    job_id, attempt = claim(store)
+    fail(store, job_id, attempt, now=20.0)
+    (item,) = store.due_callbacks(now=20.0, limit=10)
+    assert (item.attempts, item.created_at, item.next_attempt_at) == (0, 20.0, 20.0)
+
+    store.schedule_retry(item.id, next_attempt_at=25.0, error="HTTP 500", now=21.0)
+    assert store.due_callbacks(now=24.0, limit=10) == []
+    (again,) = store.due_callbacks(now=25.0, limit=10)
+    assert (again.id, again.attempts) == (item.id, 1)
+    store.mark_dead(item.id, "HTTP 404", now=26.0)
+    assert store.due_callbacks(now=100.0, limit=10) == []
+    (entry,) = store.callback_log(job_id)
+    assert entry["seq"] == 1
+    assert (entry["status"], entry["state"], entry["attempts"]) == ("failed", "dead", 2)
+    assert (entry["last_error"], entry["created_at"], entry["delivered_at"]) == (
+        "HTTP 404",
+        20.0,
+        None,
+    )
+    store.mark_delivered(item.id, now=27.0)  # too late: a dead callback stays dead
+    assert store.callback_log(job_id)[0]["state"] == "dead"
+    assert store.stats().callbacks_pending == 0
+
+
+def test_a_delivered_callback_is_logged_with_its_time(store: JobStore) -> None:
+    submit(store, "a")
+    job_id, attempt = claim(store)
+    complete(store, job_id, attempt, now=20.0)
+    (item,) = store.due_callbacks(now=20.0, limit=10)
+    store.mark_delivered(item.id, now=21.5)
+    (entry,) = store.callback_log(job_id)
+    assert (entry["state"], entry["attempts"], entry["delivered_at"]) == ("delivered", 1, 21.5)
+    assert entry["progress"] == 100
+
+
+# ------------------------------------------------------------------------ monitoring
+
+
+def test_stats_count_jobs_by_status(store: JobStore) -> None:
+    submit(store, "a", "b", "c", "d")
+    a, attempt_a = claim(store)
+    b, attempt_b = claim(store)
+    claim(store)
+    complete(store, a, attempt_a)
+    fail(store, b, attempt_b)
+    stats = store.stats()
+    assert (stats.accepted, stats.processing, stats.completed, stats.failed) == (1, 1, 1, 1)
+    assert stats.unfinished == 2
+    assert stats.callbacks_pending == 2
+
+
+def test_mean_processing_time_of_recent_completed_jobs(store: JobStore) -> None:
+    assert store.mean_processing_s() is None
+    submit(store, "a", "b", "c")
+    for job_id, took_s, done_at in (("a", 10.0, 100.0), ("b", 30.0, 200.0)):
+        claimed = store.claim("w1", LEASE_S, now=done_at - took_s)
+        assert claimed is not None and claimed.job_id == job_id
+        complete(store, job_id, claimed.attempts, now=done_at)
+    c, attempt_c = claim(store, now=300.0)
+    fail(store, c, attempt_c, now=900.0)  # failures do not count
+    assert store.mean_processing_s() == pytest.approx(20.0)
+    assert store.mean_processing_s(last_n=1) == pytest.approx(30.0)
+
+
+def test_live_workers(store: JobStore) -> None:
+    store.worker_seen("w1", {"pid": 11, "state": "idle"}, now=100.0)
+    store.worker_seen("w2", {"pid": 12, "state": "idle"}, now=200.0)
+    assert [w["worker_id"] for w in store.live_workers(since=150.0)] == ["w2"]
+    store.worker_seen("w1", {"pid": 11, "state": "busy"}, now=300.0)
+    (w1,) = [w for w in store.live_workers(since=150.0) if w["worker_id"] == "w1"]
+    assert (w1["state"], w1["pid"], w1["last_seen"]) == ("busy", 11, 300.0)
+
+
+def test_check_writable(store: JobStore) -> None:
+    assert store.check_writable()
+
+
+# ------------------------------------------------------------------------ sqlite only
+
+
+def test_sqlite_keeps_jobs_across_reopening(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "jobs.db"
+    first = SqliteJobStore(path)
+    submit(first, "a")
+    job_id, attempt = claim(first)
+    progress(first, job_id, attempt, 30)
+    first.close()
+
+    second = SqliteJobStore(path)  # schema creation is idempotent
+    job = second.get("a")
+    assert job is not None
+    assert (job.status, job.progress, job.worker_id) == (JobStatus.PROCESSING, 30, "w1")
+    assert states(second, "a") == [("processing", "pending")]
+    second.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+def test_sqlite_reports_a_store_it_cannot_write_as_not_writable(tmp_path: Path) -> None:
+    store = SqliteJobStore(tmp_path / "jobs.db")
+    assert store.check_writable()
+    # query_only stands in for a full disk or a read-only mount (root ignores chmod).
+    store._conn().execute("PRAGMA query_only = ON")
+    assert not store.check_writable()
+    assert store.get("a") is None  # reads still work
+    store.close()
+
+
+def test_the_database_refuses_a_second_terminal_callback(tmp_path: Path) -> None:
+    """Belt and braces: even a buggy code path cannot queue two terminal callbacks."""
+    path = tmp_path / "jobs.db"
+    store = SqliteJobStore(path)
+    submit(store, "a")
+    job_id, attempt = claim(store)
+    complete(store, job_id, attempt)
+    store.close()
+    with sqlite3.connect(path) as conn, pytest.raises(sqlite3.IntegrityError):
+        conn.execute(
+            "INSERT INTO outbox (job_id, seq, base_url, payload, terminal, state, attempts,"
+            " created_at, next_attempt_at) VALUES ('a', 9, 'x', '{}', 1, 'pending', 0, 0, 0)"
+        )
+
+
+def _claim_all(path: str, worker_id: str, start: Any, out: str) -> None:
+    """Runs in a child process: claim and finish jobs until none is left."""
+    store = SqliteJobStore(Path(path), busy_timeout_s=30.0)
+    start.wait()  # a barrier: both processes go at once
+    claimed = []
+    while (job := store.claim(worker_id, LEASE_S, now=10.0)) is not None:
+        claimed.append(job.job_id)
+        progress(store, job.job_id, job.attempts, 50, worker=worker_id)
+        complete(store, job.job_id, job.attempts, worker=worker_id)
+    store.close()
+    Path(out).write_text("\n".join(claimed))
+
+
+def test_two_processes_never_claim_the_same_job(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.db"
+    store = SqliteJobStore(path)
+    job_ids = [f"job-{i:03d}" for i in range(80)]
+    submit(store, *job_ids)
+
+    ctx = multiprocessing.get_context("spawn")
+    start = ctx.Barrier(2)
+    outs = [tmp_path / f"claimed-{n}.txt" for n in range(2)]
+    procs = [
+        ctx.Process(target=_claim_all, args=(str(path), f"p{n}", start, str(outs[n])))
+        for n in range(2)
+    ]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(timeout=120)
+        assert proc.exitcode == 0
+
+    per_process = [out.read_text().splitlines() for out in outs]
+    claimed = [job_id for mine in per_process for job_id in mine]
+    assert sorted(claimed) == job_ids  # every job once, none twice
+    stats = store.stats()
+    assert (stats.completed, stats.callbacks_pending) == (80, 80)
+    assert all(
+        states(store, job_id) == [("processing", "superseded"), ("completed", "pending")]
+        for job_id in job_ids
+    )
+    store.close()
+
+
+# ------------------------------------------------------------------------ factory
+
+
+def test_open_store_by_url(tmp_path: Path) -> None:
+    assert isinstance(open_store("memory://"), MemoryJobStore)
+    for location in (tmp_path / "a.db", str(tmp_path / "b.db"), f"sqlite://{tmp_path}/c.db"):
+        opened = open_store(location)
+        assert isinstance(opened, SqliteJobStore)
+        opened.close()
+    assert sorted(p.name for p in tmp_path.glob("*.db")) == ["a.db", "b.db", "c.db"]
+    with pytest.raises(ValueError, match="Redis job store is not available"):
+        open_store("redis://localhost:6379/0")
+    with pytest.raises(ValueError, match="unknown job store"):
+        open_store("postgres://db/jobs")
