@@ -35,7 +35,9 @@ def api(tmp_path: Path) -> Iterator[httpx.Client]:
     store.close()
 
 
-def assert_envelope(response: httpx.Response, status: int, code: str, job_id: str | None = None) -> dict[str, Any]:
+def assert_envelope(
+    response: httpx.Response, status: int, code: str, job_id: str | None = None
+) -> dict[str, Any]:
     assert response.status_code == status, response.text
     body = response.json()
     assert set(body) == {"error"}
@@ -49,7 +51,9 @@ def assert_envelope(response: httpx.Response, status: int, code: str, job_id: st
 
 
 def test_accepts_the_spec_request_and_the_deployed_backends_extras(api: httpx.Client) -> None:
-    r = api.post(SUBMIT, json={"job_id": "550e8400-e29b-41d4-a716-446655440000", "video_url": VIDEO})
+    r = api.post(
+        SUBMIT, json={"job_id": "550e8400-e29b-41d4-a716-446655440000", "video_url": VIDEO}
+    )
     assert r.status_code == 200
     body = r.json()
     assert body["job_id"] == "550e8400-e29b-41d4-a716-446655440000"
@@ -92,10 +96,15 @@ def test_resubmission_is_idempotent_and_a_different_url_conflicts(api: httpx.Cli
         ({"job_id": "j1", "video_url": "https://h/" + "a" * 5000}, "video_url"),
         ({"job_id": "j1", "video_url": VIDEO, "language": "klingon!"}, "language"),
         ({"job_id": "j1", "video_url": VIDEO, "num_speakers": 0}, "num_speakers"),
-        ({"job_id": "j1", "video_url": VIDEO, "min_speakers": 4, "max_speakers": 2}, "min_speakers"),
+        (
+            {"job_id": "j1", "video_url": VIDEO, "min_speakers": 4, "max_speakers": 2},
+            "min_speakers",
+        ),
     ],
 )
-def test_invalid_requests_get_the_envelope(api: httpx.Client, body: dict[str, Any], needle: str) -> None:
+def test_invalid_requests_get_the_envelope(
+    api: httpx.Client, body: dict[str, Any], needle: str
+) -> None:
     r = api.post(SUBMIT, json=body)
     error = assert_envelope(r, 400, "INVALID_REQUEST", body.get("job_id"))
     assert needle in error["message"]
@@ -103,8 +112,17 @@ def test_invalid_requests_get_the_envelope(api: httpx.Client, body: dict[str, An
 
 
 def test_bad_job_ids_and_bodies(api: httpx.Client) -> None:
-    assert_envelope(api.post(SUBMIT, json={"job_id": "../../etc", "video_url": VIDEO}), 400, "INVALID_REQUEST", "../../etc")
-    assert_envelope(api.post(SUBMIT, content=b"{not json", headers={"content-type": "application/json"}), 400, "INVALID_REQUEST")
+    assert_envelope(
+        api.post(SUBMIT, json={"job_id": "../../etc", "video_url": VIDEO}),
+        400,
+        "INVALID_REQUEST",
+        "../../etc",
+    )
+    assert_envelope(
+        api.post(SUBMIT, content=b"{not json", headers={"content-type": "application/json"}),
+        400,
+        "INVALID_REQUEST",
+    )
     assert_envelope(api.post(SUBMIT, json=["a", "list"]), 400, "INVALID_REQUEST")
 
 
@@ -121,7 +139,11 @@ def test_body_over_the_cap_is_refused_with_413(api: httpx.Client) -> None:
     def chunks() -> Iterator[bytes]:  # no Content-Length: streamed
         yield json.dumps(big).encode()
 
-    assert_envelope(api.post(SUBMIT, content=chunks(), headers={"content-type": "application/json"}), 413, "PAYLOAD_TOO_LARGE")
+    assert_envelope(
+        api.post(SUBMIT, content=chunks(), headers={"content-type": "application/json"}),
+        413,
+        "PAYLOAD_TOO_LARGE",
+    )
 
 
 def test_the_eleventh_unfinished_job_is_refused_with_retry_after(tmp_path: Path) -> None:
@@ -129,7 +151,10 @@ def test_the_eleventh_unfinished_job_is_refused_with_retry_after(tmp_path: Path)
     try:
         with httpx.Client(base_url=server.url) as client:
             for i in range(10):
-                assert client.post(SUBMIT, json={"job_id": f"j{i}", "video_url": VIDEO}).status_code == 200
+                assert (
+                    client.post(SUBMIT, json={"job_id": f"j{i}", "video_url": VIDEO}).status_code
+                    == 200
+                )
             r = client.post(SUBMIT, json={"job_id": "j10", "video_url": VIDEO})
             assert_envelope(r, 503, "INSUFFICIENT_RESOURCES", "j10")
             assert int(r.headers["Retry-After"]) >= 1
@@ -196,7 +221,11 @@ def test_the_api_never_imports_the_pipeline_or_models() -> None:
     api_dir = Path(voxtrace.api.__file__).parent
     for source in api_dir.glob("*.py"):
         imported = _imports(source)
-        forbidden = {m for m in imported if m.startswith(("voxtrace.pipeline", "voxtrace.models", "voxtrace.worker"))}
+        forbidden = {
+            m
+            for m in imported
+            if m.startswith(("voxtrace.pipeline", "voxtrace.models", "voxtrace.worker"))
+        }
         assert not forbidden, f"{source.name} imports {forbidden}"
         assert "faster_whisper" not in imported
 

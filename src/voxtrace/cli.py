@@ -1,12 +1,12 @@
 """Command line: the only place that configures logging and builds settings.
 
-    voxtrace serve    API + workers (embedded SQLite store)
-    voxtrace worker   workers + callback delivery only (scale-out)
-    voxtrace process  run the pipeline on one file or URL, print JSON/SRT/VTT
-    voxtrace job      ask a running server for a job's state
-    voxtrace emotion  classify lines of text from stdin (debugging the classifier)
-    voxtrace setup    assemble the bundled models (idempotent)
-    voxtrace demo     start everything locally and process the bundled sample video
+voxtrace serve    API + workers (embedded SQLite store)
+voxtrace worker   workers + callback delivery only (scale-out)
+voxtrace process  run the pipeline on one file or URL, print JSON/SRT/VTT
+voxtrace job      ask a running server for a job's state
+voxtrace emotion  classify lines of text from stdin (debugging the classifier)
+voxtrace setup    assemble the bundled models (idempotent)
+voxtrace demo     start everything locally and process the bundled sample video
 """
 
 from __future__ import annotations
@@ -51,7 +51,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     store = open_store(settings.store_location)
     supervisor = Supervisor(settings, store, log_level=args.log_level)
     supervisor.start()
-    log.info("serving on http://%s:%d with %d worker(s)", settings.host, settings.port, settings.workers)
+    log.info(
+        "serving on http://%s:%d with %d worker(s)", settings.host, settings.port, settings.workers
+    )
     try:
         uvicorn.run(
             create_app(settings, store),
@@ -89,10 +91,10 @@ def cmd_process(args: argparse.Namespace) -> int:
     import tempfile
 
     from voxtrace.domain import JobOptions
+    from voxtrace.models import load_models, pipeline_options
     from voxtrace.pipeline.assemble import result_to_contract
     from voxtrace.pipeline.formats import to_srt, to_vtt
     from voxtrace.pipeline.runner import run_pipeline
-    from voxtrace.worker import load_worker_models, pipeline_options
 
     settings = _settings()
     options = JobOptions(
@@ -110,9 +112,11 @@ def cmd_process(args: argparse.Namespace) -> int:
         print(f"voxtrace: no such file: {source}", file=sys.stderr)
         return 2
     try:
-        models = load_worker_models(settings)
+        models = load_models(settings)
         with tempfile.TemporaryDirectory(prefix="voxtrace-") as work:
-            result = run_pipeline(source, Path(work), models, pipeline_options(settings), options, report)
+            result = run_pipeline(
+                source, Path(work), models, pipeline_options(settings), options, report
+            )
     except Exception as exc:
         error = classify_exception(exc)
         if error.code == "INTERNAL_ERROR":
@@ -146,8 +150,7 @@ def cmd_job(args: argparse.Namespace) -> int:
 
 
 def cmd_emotion(args: argparse.Namespace) -> int:
-    from voxtrace.models.emotion import load_emotion_model
-    from voxtrace.pipeline.emotion import emotion_json_lines
+    from voxtrace.models.emotion import emotion_json_lines, load_emotion_model
 
     model = load_emotion_model()
     for line in emotion_json_lines((raw.rstrip("\n") for raw in sys.stdin), model):
@@ -172,7 +175,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="voxtrace", description=__doc__.splitlines()[0])
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("serve", help="run the API and the workers")

@@ -59,13 +59,16 @@ class Settings(BaseSettings):
 
     # --- callbacks
     backend_url: str = Field(
-        "http://localhost:8000", validation_alias=AliasChoices("BACKEND_URL", "VOXTRACE_BACKEND_URL")
+        "http://localhost:8000",
+        validation_alias=AliasChoices("BACKEND_URL", "VOXTRACE_BACKEND_URL"),
     )
     callback_path: str = "/api/v1/ml/ml-results"
     callback_allowlist: CommaList = ()
     callback_secret: str | None = None
     callback_timeout_s: float = Field(10, gt=0)
     callback_retry_window_s: float = Field(3600, ge=0)
+    callback_backoff_base_s: float = Field(1.0, gt=0)
+    callback_backoff_cap_s: float = Field(300.0, gt=0)
     send_progress: bool = True
 
     # --- models

@@ -17,6 +17,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -69,7 +70,16 @@ def run_demo(video: Path, port: int = 8080, backend_port: int = 8000) -> int:
         "VOXTRACE_ALLOW_HTTP_HOSTS": "127.0.0.1",
     }
     server_url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "voxtrace.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "voxtrace.cli",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     print(f"demo: starting {' '.join(cmd[2:])} (callbacks to {receiver.url}{CALLBACK_PATH})")
     proc = subprocess.Popen(cmd, env=env)
     try:
@@ -95,8 +105,17 @@ def run_demo(video: Path, port: int = 8080, backend_port: int = 8000) -> int:
             calls = backend.calls_for(job_id)
             for call in calls[seen:]:
                 b = call.body
-                line = f"  callback: {b.get('status')} {b.get('progress')}% {b.get('message') or ''}"
-                print(line + (f" {b.get('error_code')}: {b.get('error_message')}" if b.get("error_code") else ""))
+                line = (
+                    f"  callback: {b.get('status')} {b.get('progress')}% {b.get('message') or ''}"
+                )
+                print(
+                    line
+                    + (
+                        f" {b.get('error_code')}: {b.get('error_message')}"
+                        if b.get("error_code")
+                        else ""
+                    )
+                )
             seen = len(calls)
             job = backend.jobs[job_id]
             if job.status in ("completed", "failed"):
@@ -105,7 +124,14 @@ def run_demo(video: Path, port: int = 8080, backend_port: int = 8000) -> int:
         job = backend.jobs[job_id]
         out = Path("data/demo/result.json")
         out.parent.mkdir(parents=True, exist_ok=True)
-        final = next((c.body for c in reversed(backend.calls_for(job_id)) if c.body.get("status") == job.status), {})
+        final: dict[str, Any] = next(
+            (
+                c.body
+                for c in reversed(backend.calls_for(job_id))
+                if c.body.get("status") == job.status
+            ),
+            {},
+        )
         out.write_text(json.dumps(final, ensure_ascii=False, indent=2))
         if job.status != "completed":
             print(f"demo: job {job.status}: {job.error_code} {job.error_message}")
@@ -114,7 +140,8 @@ def run_demo(video: Path, port: int = 8080, backend_port: int = 8000) -> int:
         meta = result["metadata"]
         print(
             f"demo: completed: {meta['duration']} s, {meta['total_segments']} segments, "
-            f"{meta['unique_speakers']} speaker(s); contract problems: {backend.violations or 'none'}"
+            f"{meta['unique_speakers']} speaker(s); "
+            f"contract problems: {backend.violations or 'none'}"
         )
         for seg in result["segments"][:5]:
             print(f"  [{seg['start_time']:7.2f}] {seg['speaker']['speaker_id']}: {seg['text']}")

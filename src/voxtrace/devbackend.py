@@ -152,7 +152,9 @@ class DevBackend:
 
     def calls_for(self, job_id: str) -> list[ReceivedCall]:
         with self._lock:
-            return [c for c in self.calls if isinstance(c.body, dict) and c.body.get("job_id") == job_id]
+            return [
+                c for c in self.calls if isinstance(c.body, dict) and c.body.get("job_id") == job_id
+            ]
 
     def wait_for(self, job_id: str, statuses: set[str], timeout_s: float) -> _Job:
         """Block until the job reaches one of `statuses` (by the callbacks received)."""
@@ -170,7 +172,9 @@ class DevBackend:
     def _record(self, request: Request, raw: bytes, body: Any, status: int) -> None:
         with self._changed:
             self.calls.append(
-                ReceivedCall(request.url.path, dict(request.headers), raw, body, status, time.time())
+                ReceivedCall(
+                    request.url.path, dict(request.headers), raw, body, status, time.time()
+                )
             )
             self._changed.notify_all()
 
@@ -240,7 +244,9 @@ class DevBackend:
     def _upload_result(self, request: Request, raw: bytes, body: Any) -> JSONResponse:
         signature = request.headers.get("x-signature-256")
         if signature is not None:
-            expected = "sha256=" + hmac.new((self.secret or "").encode(), raw, hashlib.sha256).hexdigest()
+            expected = (
+                "sha256=" + hmac.new((self.secret or "").encode(), raw, hashlib.sha256).hexdigest()
+            )
             if not self.secret or not hmac.compare_digest(signature, expected):
                 return JSONResponse({"detail": "Invalid signature"}, status_code=401)
         try:
@@ -271,7 +277,10 @@ class DevBackend:
 
 def _rename_times(result: dict[str, Any]) -> dict[str, Any]:
     segments = [
-        {("start" if k == "start_time" else "end" if k == "end_time" else k): v for k, v in s.items()}
+        {
+            ("start" if k == "start_time" else "end" if k == "end_time" else k): v
+            for k, v in s.items()
+        }
         for s in result.get("segments", [])
     ]
     return {**result, "segments": segments}

@@ -30,7 +30,7 @@ __all__ = [
 ]
 
 
-class JobStatus(str, enum.Enum):
+class JobStatus(enum.StrEnum):
     ACCEPTED = "accepted"
     PROCESSING = "processing"
     COMPLETED = "completed"

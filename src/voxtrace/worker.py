@@ -37,7 +37,10 @@ from voxtrace.callbacks import CallbackDispatcher
 from voxtrace.config import Settings
 from voxtrace.domain import Job
 from voxtrace.errors import InsufficientResources, ProcessingTimeout, classify_exception
+from voxtrace.models import ModelBundle, load_models, pipeline_options
 from voxtrace.payloads import completed_payload, failed_payload, progress_payload
+from voxtrace.pipeline.assemble import result_to_contract
+from voxtrace.pipeline.runner import PipelineOptions, run_pipeline
 from voxtrace.store import open_store
 from voxtrace.store.base import JobStore
 
@@ -120,7 +123,11 @@ class _Progress:
         while not self._stop.wait(interval):
             try:
                 owned = self.store.heartbeat(
-                    self.job.job_id, self.worker_id, self.job.attempts, self.settings.lease_s, time.time()
+                    self.job.job_id,
+                    self.worker_id,
+                    self.job.attempts,
+                    self.settings.lease_s,
+                    time.time(),
                 )
                 if not owned:
                     self._lost = True
@@ -140,14 +147,11 @@ class JobRunner:
 
     settings: Settings
     store: JobStore
-    models: Any  # voxtrace.models.ModelBundle
+    models: ModelBundle
     worker_id: str
-    _options: Any = field(default=None, init=False)
+    _options: PipelineOptions | None = field(default=None, init=False)
 
     def run(self, job: Job) -> None:
-        from voxtrace.pipeline.assemble import result_to_contract
-        from voxtrace.pipeline.runner import run_pipeline
-
         work_dir = self.settings.work_path / job.job_id
         log.info("job %s: attempt %d started on %s", job.job_id, job.attempts, self.worker_id)
         try:
@@ -156,7 +160,12 @@ class JobRunner:
                 _check_free_disk(self.settings)
                 work_dir.mkdir(parents=True, exist_ok=True)
                 result = run_pipeline(
-                    job.video_url, work_dir, self.models, self.pipeline_options(), job.options, report
+                    job.video_url,
+                    work_dir,
+                    self.models,
+                    self.pipeline_options(),
+                    job.options,
+                    report,
                 )
                 report(99, "Assembling the result")
                 contract = result_to_contract(result)
@@ -168,7 +177,9 @@ class JobRunner:
                 completed_payload(job.job_id, contract),
                 time.time(),
             )
-            log.info("job %s: %s", job.job_id, "completed" if done else "result dropped (lost ownership)")
+            log.info(
+                "job %s: %s", job.job_id, "completed" if done else "result dropped (lost ownership)"
+            )
         except LostOwnership:
             log.warning("job %s: ownership lost; leaving it to its new owner", job.job_id)
         except Exception as exc:
@@ -176,10 +187,8 @@ class JobRunner:
         finally:
             shutil.rmtree(work_dir, ignore_errors=True)
 
-    def pipeline_options(self) -> Any:
+    def pipeline_options(self) -> PipelineOptions:
         if self._options is None:
-            from voxtrace.models import pipeline_options
-
             self._options = pipeline_options(self.settings)
         return self._options
 
@@ -190,10 +199,10 @@ class JobRunner:
         else:
             log.warning("job %s: %s (%s)", job.job_id, error.code, error.message)
         now = time.time()
-        if error.retryable and job.attempts < self.settings.max_attempts:
-            if self.store.requeue(job.job_id, self.worker_id, job.attempts, now):
-                log.info("job %s: requeued after a retryable error", job.job_id)
-                return
+        retry = error.retryable and job.attempts < self.settings.max_attempts
+        if retry and self.store.requeue(job.job_id, self.worker_id, job.attempts, now):
+            log.info("job %s: requeued after a retryable error", job.job_id)
+            return
         current = self.store.get(job.job_id)
         progress = current.progress if current else job.progress
         self.store.fail(
@@ -227,7 +236,6 @@ def _die_with_parent() -> None:
 def worker_main(settings: Settings, worker_id: str, log_level: str = "INFO") -> None:
     """Entry point of a worker process: load models once, then claim and run jobs."""
     from voxtrace.logs import configure_logging
-    from voxtrace.models import load_models
 
     _die_with_parent()
     configure_logging(log_level)
@@ -293,7 +301,9 @@ class Supervisor:
             self._spawn(slot)
         self._threads.append(threading.Thread(target=self._monitor, name="supervisor", daemon=True))
         if dispatch_callbacks:
-            self._http = httpx.Client(timeout=self.settings.callback_timeout_s, follow_redirects=False)
+            self._http = httpx.Client(
+                timeout=self.settings.callback_timeout_s, follow_redirects=False
+            )
             dispatcher = CallbackDispatcher(
                 self.store,
                 self._http,
@@ -301,9 +311,13 @@ class Supervisor:
                 secret=self.settings.callback_secret,
                 retry_window_s=self.settings.callback_retry_window_s,
                 timeout_s=self.settings.callback_timeout_s,
+                backoff_base_s=self.settings.callback_backoff_base_s,
+                backoff_cap_s=self.settings.callback_backoff_cap_s,
             )
             self._threads.append(
-                threading.Thread(target=dispatcher.run, args=(self._stop,), name="callbacks", daemon=True)
+                threading.Thread(
+                    target=dispatcher.run, args=(self._stop,), name="callbacks", daemon=True
+                )
             )
         for thread in self._threads:
             thread.start()
@@ -377,18 +391,27 @@ class Supervisor:
             self._reclaim(slot.worker_id, reason="worker died")
             lived = now - slot.started_at
             slot.quick_deaths = slot.quick_deaths + 1 if lived < 30 else 0
-            slot.restart_at = now + min(30.0, 0.5 * 2**slot.quick_deaths) if slot.quick_deaths else now
+            slot.restart_at = (
+                now + min(30.0, 0.5 * 2**slot.quick_deaths) if slot.quick_deaths else now
+            )
             slot.process = None
             return
         for job in self.store.jobs_owned_by(slot.worker_id):
             if job.started_at and time.time() - job.started_at > self.settings.job_timeout_s:
-                log.warning("job %s: over the time limit; stopping worker %s", job.job_id, slot.worker_id)
+                log.warning(
+                    "job %s: over the time limit; stopping worker %s", job.job_id, slot.worker_id
+                )
                 self._kill(slot)
                 self._fail(job, ProcessingTimeout())
                 return
         rss_mb = _rss_mb(proc.pid)
         if rss_mb > self.settings.worker_max_rss_mb:
-            log.warning("worker %s uses %d MB (cap %d); replacing it", slot.worker_id, rss_mb, self.settings.worker_max_rss_mb)
+            log.warning(
+                "worker %s uses %d MB (cap %d); replacing it",
+                slot.worker_id,
+                rss_mb,
+                self.settings.worker_max_rss_mb,
+            )
             jobs = self.store.jobs_owned_by(slot.worker_id)
             self._kill(slot)
             for job in jobs:
@@ -414,7 +437,9 @@ class Supervisor:
         """A job whose worker is gone: run it again, or fail it when attempts are spent."""
         if job.attempts < self.settings.max_attempts:
             if self.store.release_lapsed(job.job_id, job.attempts, time.time()):
-                log.warning("job %s: %s; queued again (attempt %d done)", job.job_id, reason, job.attempts)
+                log.warning(
+                    "job %s: %s; queued again (attempt %d done)", job.job_id, reason, job.attempts
+                )
         else:
             log.error("job %s: %s; attempts exhausted", job.job_id, reason)
             self._fail(job, InsufficientResources(INTERRUPTED_MESSAGE))

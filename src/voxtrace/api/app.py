@@ -10,7 +10,7 @@ import json
 import logging
 import math
 import time
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 DEFAULT_JOB_SECONDS = 60.0  # before any job has completed: a few minutes of video
 WORKER_STALE_S = 30.0
 
-_ERRORS = {
+_ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorEnvelope},
     404: {"model": ErrorEnvelope},
     409: {"model": ErrorEnvelope},
@@ -66,7 +66,9 @@ _HTTP_MESSAGES = {
 }
 
 
-def _envelope(status: int, code: str, message: str, job_id: str | None = None, **headers: str) -> JSONResponse:
+def _envelope(
+    status: int, code: str, message: str, job_id: str | None = None, **headers: str
+) -> JSONResponse:
     return JSONResponse(
         {"error": {"code": code, "message": message, "job_id": job_id}},
         status_code=status,
@@ -144,11 +146,15 @@ def create_app(settings: Settings, store: JobStore) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return _envelope(400, "INVALID_REQUEST", _validation_message(exc), await _job_id_of(request))
+        return _envelope(
+            400, "INVALID_REQUEST", _validation_message(exc), await _job_id_of(request)
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = _HTTP_CODES.get(exc.status_code, "INTERNAL_ERROR" if exc.status_code >= 500 else "INVALID_REQUEST")
+        code = _HTTP_CODES.get(
+            exc.status_code, "INTERNAL_ERROR" if exc.status_code >= 500 else "INVALID_REQUEST"
+        )
         message = _HTTP_MESSAGES.get(exc.status_code, "Request failed")
         return _envelope(exc.status_code, code, message)
 
@@ -230,7 +236,11 @@ def create_app(settings: Settings, store: JobStore) -> FastAPI:
         writable = store.check_writable()
         queue = _queue(store)
         workers_ok = settings.workers == 0 or any(w.get("models_loaded") for w in queue.workers)
-        checks = {"store_writable": writable, "workers_alive": workers_ok, "models_loaded": workers_ok}
+        checks = {
+            "store_writable": writable,
+            "workers_alive": workers_ok,
+            "models_loaded": workers_ok,
+        }
         ready = all(checks.values())
         body = HealthPublic(
             status="ok" if ready else "degraded",
@@ -256,7 +266,9 @@ def create_app(settings: Settings, store: JobStore) -> FastAPI:
 
     def _estimate_s(store: JobStore, ahead: int) -> int:
         per_job = store.mean_processing_s() or DEFAULT_JOB_SECONDS
-        workers = max(1, len(store.live_workers(since=time.time() - WORKER_STALE_S)) or settings.workers)
+        workers = max(
+            1, len(store.live_workers(since=time.time() - WORKER_STALE_S)) or settings.workers
+        )
         return max(1, math.ceil(per_job * (1 + max(0, ahead) / workers)))
 
     return app

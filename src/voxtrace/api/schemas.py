@@ -122,7 +122,9 @@ class JobPublic(BaseModel):
     def from_job(cls, job: Job, callbacks: list[dict[str, Any]]) -> JobPublic:
         error = None
         if job.error_code:
-            error = ErrorBody(code=job.error_code, message=job.error_message or "", job_id=job.job_id)
+            error = ErrorBody(
+                code=job.error_code, message=job.error_message or "", job_id=job.job_id
+            )
         return cls(
             job_id=job.job_id,
             status=job.status.value,

@@ -1,0 +1,355 @@
+"""Diarization benchmark: DER, speaker count, speed and memory on the shared fixtures.
+
+    .venv/bin/python -m bench.diarization [--fixtures DIR] [--models DIR] [--long-minutes N]
+    .venv/bin/python -m bench.diarization --sweep      # calibrate the clustering threshold
+
+`run(fixtures_dir)` returns a markdown section. DER comes from `pyannote.metrics`
+(no weights needed) with the VAD of the real pipeline in front, so it is what a job
+gets. pyannote.metrics' `collar` is the total width around each reference boundary:
+`collar=0.5` is the ±0.25 s collar of NIST md-eval, reported beside 0.25 and 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from voxtrace.domain import SpeakerTurn, SpeechRegion
+from voxtrace.models.speaker import SpeakerModels, load_speaker_models
+from voxtrace.pipeline.diarize import DiarizationOptions, SpeakerHints, diarize
+from voxtrace.pipeline.vad import VadOptions, detect_speech
+
+DEFAULT_FIXTURES = Path("/work/shared/fixtures/diarization")
+DEFAULT_MODELS = Path("data/models/speaker")
+CALIBRATION_PREFIX = "ami-trn"  # the threshold is chosen on these; dev and others are held out
+SAMPLE_RATE = 16000
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipScore:
+    name: str
+    duration_s: float
+    true_speakers: int
+    found_speakers: int
+    der_025: float  # pyannote collar=0.25 (±0.125 s)
+    der_050: float  # pyannote collar=0.5 (±0.25 s, md-eval's 0.25)
+    der_0: float
+    seconds: float
+    reference_total_s: float
+
+
+def load_audio(path: Path) -> npt.NDArray[np.float32]:
+    """Any file -> 16-kHz mono float32 (stereo downmixed) through ffmpeg."""
+    command = ["ffmpeg", "-nostdin", "-v", "error", "-i", str(path)]
+    command += ["-ac", "1", "-ar", str(SAMPLE_RATE), "-f", "f32le", "-"]
+    raw = subprocess.run(command, check=True, capture_output=True).stdout
+    return np.frombuffer(raw, dtype=np.float32).copy()
+
+
+def reference_rttm(wav: Path) -> Path:
+    exact = wav.with_suffix(".rttm")
+    return exact if exact.exists() else next(wav.parent.glob(wav.stem + ".*.rttm"))
+
+
+def clips(fixtures_dir: Path) -> list[Path]:
+    return sorted(p for p in fixtures_dir.glob("*.wav") if any(p.parent.glob(p.stem + "*.rttm")))
+
+
+def score_clip(
+    wav: Path,
+    models: SpeakerModels,
+    options: DiarizationOptions,
+    regions: Sequence[SpeechRegion] | None = None,
+    audio: npt.NDArray[np.float32] | None = None,
+) -> ClipScore:
+    from pyannote.core import Annotation, Segment
+    from pyannote.database.util import load_rttm
+    from pyannote.metrics.diarization import DiarizationErrorRate
+
+    audio = load_audio(wav) if audio is None else audio
+    regions = detect_speech(audio, VadOptions()) if regions is None else regions
+    started = time.perf_counter()
+    turns = diarize(audio, regions, models, SpeakerHints(), options=options)
+    seconds = time.perf_counter() - started
+    reference = next(iter(load_rttm(str(reference_rttm(wav))).values()))  # type: ignore[no-untyped-call]
+    hypothesis = Annotation()
+    for i, turn in enumerate(turns):
+        hypothesis[Segment(turn.start_s, turn.end_s), i] = turn.speaker_id
+    ders = [
+        float(DiarizationErrorRate(collar=collar, skip_overlap=False)(reference, hypothesis))
+        for collar in (0.25, 0.5, 0.0)
+    ]
+    return ClipScore(
+        name=wav.stem,
+        duration_s=audio.size / SAMPLE_RATE,
+        true_speakers=len(reference.labels()),
+        found_speakers=len({t.speaker_id for t in turns}),
+        der_025=ders[0],
+        der_050=ders[1],
+        der_0=ders[2],
+        seconds=seconds,
+        reference_total_s=float(reference.get_timeline().support().duration()),
+    )
+
+
+def overall(scores: Sequence[ClipScore], attribute: str) -> float:
+    """Total DER over clips, weighted by reference speech (as md-eval sums errors)."""
+    weights = np.array([s.reference_total_s for s in scores])
+    values = np.array([getattr(s, attribute) for s in scores])
+    return float((weights * values).sum() / weights.sum())
+
+
+def long_mix(fixtures_dir: Path, minutes: float) -> npt.NDArray[np.float32]:
+    """Fixtures concatenated (with 1-s gaps) until `minutes` long."""
+    pieces = [load_audio(p) for p in clips(fixtures_dir)]
+    gap = np.zeros(SAMPLE_RATE, dtype=np.float32)
+    out: list[npt.NDArray[np.float32]] = []
+    total = 0
+    while total < minutes * 60 * SAMPLE_RATE:
+        for piece in pieces:
+            out += [piece, gap]
+            total += piece.size + gap.size
+    return np.concatenate(out)[: int(minutes * 60 * SAMPLE_RATE)]
+
+
+def measure_long(
+    fixtures_dir: Path, models_dir: Path, minutes: float, threads: int
+) -> dict[str, float]:
+    """Run the long mix in a child process so its peak RSS is its own."""
+    command = [sys.executable, "-m", "bench.diarization", "--long-child", str(minutes)]
+    command += ["--fixtures", str(fixtures_dir), "--models", str(models_dir)]
+    command += ["--threads", str(threads)]
+    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    result: dict[str, float] = json.loads(output.strip().splitlines()[-1])
+    return result
+
+
+def _long_child(fixtures_dir: Path, models_dir: Path, minutes: float, threads: int) -> None:
+    models = load_speaker_models(models_dir, threads)
+    audio = long_mix(fixtures_dir, minutes)
+    regions = detect_speech(audio, VadOptions())
+    rss_before = _current_rss_mb()
+    started = time.perf_counter()
+    turns = diarize(audio, regions, models, SpeakerHints())
+    seconds = time.perf_counter() - started
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result = {
+        "minutes": minutes,
+        "seconds": seconds,
+        "s_per_min": seconds / minutes,
+        "peak_rss_mb": peak,
+        "rss_before_diarize_mb": rss_before,
+        "diarize_rss_delta_mb": peak - rss_before,
+        "speakers": len({t.speaker_id for t in turns}),
+    }
+    print(json.dumps(result))
+
+
+def stm_segments(path: Path) -> list[tuple[str, float, float]]:
+    """(speaker, start_s, end_s) per line of a speaker-attributed transcript."""
+    rows = []
+    for line in path.read_text().splitlines():
+        fields = line.split()
+        if len(fields) >= 5:
+            rows.append((fields[2], float(fields[3]), float(fields[4])))
+    return rows
+
+
+def _most_covering(start_s: float, end_s: float, spans: Sequence[tuple[str, float, float]]) -> str:
+    """The label whose spans cover most of [start_s, end_s] ('' when none does)."""
+    cover: dict[str, float] = {}
+    for label, low, high in spans:
+        overlap = min(end_s, high) - max(start_s, low)
+        if overlap > 0:
+            cover[label] = cover.get(label, 0.0) + overlap
+    if not cover:  # a word in a gap: the nearest span
+        nearest = min(spans, key=lambda s: min(abs(s[1] - end_s), abs(s[2] - start_s)))
+        return nearest[0] if spans else ""
+    return max(cover, key=lambda k: cover[k])
+
+
+def word_attribution(
+    words: Sequence[tuple[float, float]],
+    reference: Sequence[tuple[str, float, float]],
+    turns: Sequence[SpeakerTurn],
+) -> float:
+    """Share of words given the right speaker, hypothesis speakers mapped optimally."""
+    from scipy.optimize import linear_sum_assignment
+
+    hyp_spans = [(t.speaker_id, t.start_s, t.end_s) for t in turns]
+    pairs = [
+        (_most_covering(a, b, reference), _most_covering(a, b, hyp_spans) if hyp_spans else "")
+        for a, b in words
+    ]
+    refs = sorted({r for r, _ in pairs})
+    hyps = sorted({h for _, h in pairs})
+    counts = np.zeros((len(refs), len(hyps)))
+    for r, h in pairs:
+        counts[refs.index(r), hyps.index(h)] += 1
+    rows, cols = linear_sum_assignment(-counts)
+    return float(counts[rows, cols].sum() / max(1, len(pairs)))
+
+
+def attribution_scores(
+    fixtures_dir: Path, models: SpeakerModels, options: DiarizationOptions
+) -> list[tuple[str, int, float]]:
+    """(clip, words, accuracy) on the clips that have an .stm, words from Whisper base."""
+    from voxtrace.config import get_settings
+    from voxtrace.models.whisper import load_whisper
+    from voxtrace.pipeline.transcribe import TranscribeOptions, transcribe
+
+    whisper = load_whisper("base", get_settings().models_path, cpu_threads=2)
+    results = []
+    for stm in sorted(fixtures_dir.glob("*.stm")):
+        wav = stm.with_suffix(".wav")
+        audio = load_audio(wav)
+        regions = detect_speech(audio, VadOptions())
+        text = transcribe(audio, regions, whisper, TranscribeOptions(language="en"), _ignore)
+        words = [(w.start_s, w.end_s) for seg in text.segments for w in seg.words]
+        turns = diarize(audio, regions, models, SpeakerHints(), options=options)
+        accuracy = word_attribution(words, stm_segments(stm), turns)
+        results.append((wav.stem, len(words), accuracy))
+    return results
+
+
+def _ignore(_: float) -> None:
+    return None
+
+
+def _current_rss_mb() -> float:
+    """Resident memory now (not the peak), so the peak after diarizing minus it is its own."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return float(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def table(scores: Sequence[ClipScore]) -> list[str]:
+    lines = [
+        "| clip | s | true spk | found | DER c0.25 | DER ±0.25 (c0.5) | DER c0 | s/min |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for s in scores:
+        lines.append(
+            f"| {s.name} | {s.duration_s:.1f} | {s.true_speakers} | {s.found_speakers} | "
+            f"{100 * s.der_025:.1f} % | {100 * s.der_050:.1f} % | {100 * s.der_0:.1f} % | "
+            f"{60 * s.seconds / s.duration_s:.2f} |"
+        )
+    return lines
+
+
+def run(
+    fixtures_dir: Path = DEFAULT_FIXTURES,
+    models_dir: Path = DEFAULT_MODELS,
+    long_minutes: float = 30.0,
+    threads: int = 1,
+) -> str:
+    """The benchmark as a markdown section."""
+    models = load_speaker_models(models_dir, threads)
+    options = DiarizationOptions()
+    scores = [score_clip(wav, models, options) for wav in clips(fixtures_dir)]
+    ami = [s for s in scores if s.name.startswith("ami-")]
+    exact = sum(s.found_speakers == s.true_speakers for s in scores)
+    total_audio = sum(s.duration_s for s in scores)
+    total_time = sum(s.seconds for s in scores)
+    lines = [
+        "## Speaker diarization",
+        "",
+        f"Options: `{options}`; {threads} onnxruntime thread(s); "
+        "Silero VAD regions only veto speakers heard nowhere in them.",
+        "",
+        *table(scores),
+        "",
+        f"- AMI overall DER (weighted by speech): c0.25 {100 * overall(ami, 'der_025'):.1f} %, "
+        f"±0.25 {100 * overall(ami, 'der_050'):.1f} %, c0 {100 * overall(ami, 'der_0'):.1f} %",
+        f"- All clips overall DER: c0.25 {100 * overall(scores, 'der_025'):.1f} %, "
+        f"±0.25 {100 * overall(scores, 'der_050'):.1f} %, "
+        f"c0 {100 * overall(scores, 'der_0'):.1f} %",
+        f"- Exact speaker count: {exact}/{len(scores)} clips",
+        f"- Speed on the clips: {60 * total_time / total_audio:.2f} s per audio minute",
+    ]
+    for name, count, accuracy in attribution_scores(fixtures_dir, models, options):
+        lines.append(
+            f"- Word speaker attribution on {name}: {100 * accuracy:.1f} % of {count} "
+            "Whisper-base words (speakers mapped optimally)"
+        )
+    if long_minutes > 0:
+        long = measure_long(fixtures_dir, models_dir, long_minutes, threads)
+        lines.append(
+            f"- Long mix ({long['minutes']:.0f} min of concatenated fixtures): "
+            f"{long['s_per_min']:.2f} s/min, peak RSS {long['peak_rss_mb']:.0f} MB "
+            f"(process incl. audio and VAD; {long['rss_before_diarize_mb']:.0f} MB resident "
+            f"before diarizing, so diarization adds at most "
+            f"{long['diarize_rss_delta_mb']:.0f} MB), {long['speakers']:.0f} speakers found"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def sweep(
+    fixtures_dir: Path, models_dir: Path, thresholds: Sequence[float], use_vad: bool = True
+) -> str:
+    """DER per threshold: calibration clips (ami-trn*) vs held-out clips."""
+    models = load_speaker_models(models_dir, 1)
+    base = DiarizationOptions()
+    cache = {}
+    for wav in clips(fixtures_dir):
+        audio = load_audio(wav)
+        whole = [SpeechRegion(0.0, audio.size / SAMPLE_RATE)]
+        cache[wav] = (audio, detect_speech(audio, VadOptions()) if use_vad else whole)
+    lines = [
+        "| threshold | calib DER c0.25 | calib exact count | held-out DER c0.25 | held-out exact |"
+    ]
+    lines.append("|---|---|---|---|---|")
+    for threshold in thresholds:
+        options = dataclasses.replace(base, clustering_threshold=threshold)
+        scores = [
+            score_clip(wav, models, options, regions, audio)
+            for wav, (audio, regions) in cache.items()
+        ]
+        calib = [s for s in scores if s.name.startswith(CALIBRATION_PREFIX)]
+        held = [s for s in scores if not s.name.startswith(CALIBRATION_PREFIX)]
+        lines.append(
+            f"| {threshold:.2f} | {100 * overall(calib, 'der_025'):.1f} % | "
+            f"{sum(s.found_speakers == s.true_speakers for s in calib)}/{len(calib)} | "
+            f"{100 * overall(held, 'der_025'):.1f} % | "
+            f"{sum(s.found_speakers == s.true_speakers for s in held)}/{len(held)} "
+            f"({', '.join(f'{s.name[:8]}:{s.found_speakers}/{s.true_speakers}' for s in held)}) |"
+        )
+        print(lines[-1], file=sys.stderr)
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--fixtures", type=Path, default=DEFAULT_FIXTURES)
+    parser.add_argument("--models", type=Path, default=DEFAULT_MODELS)
+    parser.add_argument("--long-minutes", type=float, default=30.0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--sweep", action="store_true")
+    parser.add_argument("--no-vad", action="store_true", help="sweep on whole clips")
+    parser.add_argument("--long-child", type=float, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.long_child is not None:
+        _long_child(args.fixtures, args.models, args.long_child, args.threads)
+    elif args.sweep:
+        grid = [0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0]
+        print(sweep(args.fixtures, args.models, grid, use_vad=not args.no_vad))
+    else:
+        print(run(args.fixtures, args.models, args.long_minutes, args.threads))
+
+
+if __name__ == "__main__":
+    main()
+
+
+__all__ = ["ClipScore", "SpeakerTurn", "run", "score_clip", "sweep"]

@@ -1,0 +1,211 @@
+"""Join words, speakers and prosody into caption segments and the contract's JSON.
+
+Segments are cut for reading: at a change of speaker, at the end of a sentence, at a
+pause, and before they grow too long. `result_to_contract` is the one place that knows
+the wire shape of `result` and guarantees its numeric invariants.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from voxtrace.domain import (
+    Result,
+    Segment,
+    SpeakerTurn,
+    Transcription,
+    Word,
+    WordProsody,
+)
+from voxtrace.pipeline.prosody import MAX_PITCH_HZ, MAX_VOLUME_DB, MIN_PITCH_HZ, MIN_VOLUME_DB
+
+__all__ = [
+    "DEFAULT_SPEAKER",
+    "SegmentRules",
+    "assign_speaker",
+    "build_segments",
+    "result_to_contract",
+]
+
+DEFAULT_SPEAKER = "SPEAKER_00"
+_SENTENCE_ENDS = (".", "?", "!", "…", "。", "？", "！", "｡", "؟", "।")
+# Words ending in "." that do not end a sentence (compared lower-case, without the dot).
+_ABBREVIATIONS = frozenset(
+    {"mr", "mrs", "ms", "dr", "prof", "st", "jr", "sr", "vs", "etc", "e.g", "i.e", "no", "mt"}
+)
+_CLAUSE_ENDS = (",", ";", ":", "，", "、", "；", "：")
+
+
+@dataclass(frozen=True)
+class SegmentRules:
+    max_pause_s: float = 1.0
+    max_duration_s: float = 8.0
+    max_words: int = 20
+
+
+def assign_speaker(start_s: float, end_s: float, turns: Sequence[SpeakerTurn]) -> str:
+    """The turn overlapping most of the span; the nearest turn when none overlaps."""
+    if not turns:
+        return DEFAULT_SPEAKER
+    best_id, best_overlap = None, 0.0
+    for turn in turns:
+        overlap = min(end_s, turn.end_s) - max(start_s, turn.start_s)
+        if overlap > best_overlap:
+            best_id, best_overlap = turn.speaker_id, overlap
+    if best_id is not None:
+        return best_id
+    middle = (start_s + end_s) / 2
+    nearest = min(turns, key=lambda t: max(t.start_s - middle, middle - t.end_s, 0.0))
+    return nearest.speaker_id
+
+
+def build_segments(
+    transcription: Transcription,
+    prosody: Sequence[WordProsody],
+    turns: Sequence[SpeakerTurn],
+    rules: SegmentRules | None = None,
+) -> list[Segment]:
+    """Caption segments from the transcription's words (in order, one prosody per word)."""
+    rules = rules or SegmentRules()
+    raw_words = [w for seg in transcription.segments for w in seg.words]
+    if len(raw_words) != len(prosody):
+        raise ValueError("prosody must hold exactly one entry per transcribed word")
+    words = [
+        Word(
+            text=raw.text,
+            start_s=raw.start_s,
+            end_s=raw.end_s,
+            confidence=raw.probability,
+            speaker_id=assign_speaker(raw.start_s, raw.end_s, turns),
+            volume_db=p.volume_db,
+            pitch_hz=p.pitch_hz,
+        )
+        for raw, p in zip(raw_words, prosody, strict=True)
+    ]
+    segments: list[Segment] = []
+    current: list[Word] = []
+    for word in words:
+        if current and _is_boundary(current[-1], word, rules):
+            segments.append(_make_segment(current))
+            current = []
+        elif current and _is_too_long(current, word, rules):
+            keep, carry = _split_at_clause(current)
+            segments.append(_make_segment(keep))
+            current = carry
+        current.append(word)
+    if current:
+        segments.append(_make_segment(current))
+    return segments
+
+
+def _is_boundary(last: Word, nxt: Word, rules: SegmentRules) -> bool:
+    """A natural cut: another speaker, the end of a sentence, or a pause."""
+    return (
+        nxt.speaker_id != last.speaker_id
+        or _ends_sentence(last.text)
+        or nxt.start_s - last.end_s > rules.max_pause_s
+    )
+
+
+def _ends_sentence(text: str) -> bool:
+    """Sentence-final punctuation, except after an abbreviation or an initial ("J.")."""
+    text = text.strip()
+    if not text.endswith(_SENTENCE_ENDS):
+        return False
+    if text.endswith(".") and not text.endswith(".."):
+        stem = text[:-1].lower()
+        if stem in _ABBREVIATIONS or (len(stem) == 1 and stem.isalpha()):
+            return False
+    return True
+
+
+def _is_too_long(current: Sequence[Word], nxt: Word, rules: SegmentRules) -> bool:
+    return nxt.end_s - current[0].start_s > rules.max_duration_s or len(current) >= rules.max_words
+
+
+def _split_at_clause(current: list[Word]) -> tuple[list[Word], list[Word]]:
+    """Cut a too-long caption after its last comma when that comma is in its second half.
+
+    The words after the comma start the next caption: same speaker, no pause and no
+    sentence end between them, so moving them is safe.
+    """
+    if current[-1].text.rstrip().endswith(_CLAUSE_ENDS):
+        return current, []
+    for i in range(len(current) - 2, len(current) // 2 - 1, -1):
+        if current[i].text.rstrip().endswith(_CLAUSE_ENDS):
+            return current[: i + 1], current[i + 1 :]
+    return current, []
+
+
+def _join_words(words: Sequence[Word]) -> str:
+    """faster-whisper words carry their own leading space where the language puts one
+    (none in CJK, none inside a word split into pieces like " ill-di" + "sposed")."""
+    return "".join(w.text for w in words).strip()
+
+
+def _make_segment(words: Sequence[Word]) -> Segment:
+    return Segment(
+        start_s=words[0].start_s,
+        end_s=max(w.end_s for w in words),
+        speaker_id=words[0].speaker_id,
+        text=_join_words(words),
+        words=tuple(words),
+        confidence=sum(w.confidence for w in words) / len(words),
+    )
+
+
+# ------------------------------------------------------------------- wire shape
+
+
+def _finite(value: float, digits: int, low: float = -math.inf, high: float = math.inf) -> float:
+    """Round and clamp; a non-finite value would break the backend's JSONB storage."""
+    value = float(value)
+    if not math.isfinite(value):
+        value = low if math.isfinite(low) else 0.0
+    return round(min(high, max(low, value)), digits)
+
+
+def result_to_contract(result: Result) -> dict[str, Any]:
+    """The contract's `result` object: every number finite and within its range."""
+    segments: list[dict[str, Any]] = []
+    for seg in result.segments:
+        entry: dict[str, Any] = {
+            "start_time": _finite(seg.start_s, 3, 0.0),
+            "end_time": _finite(max(seg.end_s, seg.start_s), 3, 0.0),
+            "speaker": {"speaker_id": seg.speaker_id},
+            "text": seg.text,
+            "confidence": _finite(seg.confidence, 3, 0.0, 1.0),
+            "words": [
+                {
+                    "word": w.text.strip(),
+                    "start": _finite(w.start_s, 3, 0.0),
+                    "end": _finite(max(w.end_s, w.start_s), 3, 0.0),
+                    "volume_db": _finite(w.volume_db, 2, MIN_VOLUME_DB, MAX_VOLUME_DB),
+                    "pitch_hz": _finite(w.pitch_hz, 2, MIN_PITCH_HZ, MAX_PITCH_HZ),
+                    "confidence": _finite(w.confidence, 3, 0.0, 1.0),
+                }
+                for w in seg.words
+            ],
+        }
+        if seg.emotion is not None:
+            entry["emotion"] = {
+                "emotion": seg.emotion.label,
+                "confidence": _finite(seg.emotion.confidence, 3, 0.0, 1.0),
+                "probabilities": {
+                    label: _finite(p, 3, 0.0, 1.0) for label, p in seg.emotion.probabilities.items()
+                },
+            }
+        segments.append(entry)
+    return {
+        "metadata": {
+            "filename": result.filename,
+            "duration": _finite(result.duration_s, 3, 0.0),
+            "total_segments": len(segments),
+            "unique_speakers": len({seg.speaker_id for seg in result.segments}),
+            "language": result.language,
+        },
+        "segments": segments,
+    }

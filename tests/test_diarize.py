@@ -1,0 +1,216 @@
+"""Diarization on real audio with the real (exported) speaker models."""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+import sys
+import wave
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+from scipy.optimize import linear_sum_assignment
+
+from voxtrace.config import get_settings
+from voxtrace.domain import JobOptions, SpeakerTurn, SpeechRegion
+from voxtrace.models.speaker import (
+    EMBEDDING_FILE,
+    SEGMENTATION_FILE,
+    SpeakerModels,
+    SpeakerModelsMissing,
+    kaldi_fbank,
+    load_speaker_models,
+)
+from voxtrace.pipeline.diarize import DiarizationOptions, SpeakerHints, diarize
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DATA = Path(__file__).parent / "data"
+EXPORT_SCRIPT = REPO_ROOT / "scripts" / "export_speaker_models.py"
+
+pytestmark = pytest.mark.slow
+
+
+def _read_wav(path: Path) -> npt.NDArray[np.float32]:
+    with wave.open(str(path)) as reader:
+        assert reader.getframerate() == 16000 and reader.getsampwidth() == 2
+        pcm = np.frombuffer(reader.readframes(reader.getnframes()), dtype=np.int16)
+        pcm = pcm.reshape(-1, reader.getnchannels()).mean(axis=1)
+    result: npt.NDArray[np.float32] = (pcm / 32768.0).astype(np.float32)
+    return result
+
+
+def _whole(samples: npt.NDArray[np.float32]) -> list[SpeechRegion]:
+    return [SpeechRegion(0.0, samples.size / 16000)]
+
+
+@pytest.fixture(scope="session")
+def speaker_models() -> SpeakerModels:
+    """The set-up's exported models; exported once here if missing (about a minute)."""
+    model_dir = get_settings().models_path / "speaker"
+    if not model_dir.is_absolute():
+        model_dir = REPO_ROOT / model_dir
+    if not (model_dir / SEGMENTATION_FILE).is_file() or not (model_dir / EMBEDDING_FILE).is_file():
+        subprocess.run([sys.executable, str(EXPORT_SCRIPT), str(model_dir)], check=True)
+    return load_speaker_models(model_dir, threads=1)
+
+
+@pytest.fixture(scope="module")
+def two_speakers() -> npt.NDArray[np.float32]:
+    return _read_wav(DATA / "pyannote-sample.wav")
+
+
+def _reference(path: Path) -> list[SpeakerTurn]:
+    turns = []
+    for line in path.read_text().splitlines():
+        fields = line.split()
+        start, duration = float(fields[3]), float(fields[4])
+        turns.append(SpeakerTurn(start, start + duration, fields[7]))
+    return turns
+
+
+def _frame_agreement(reference: list[SpeakerTurn], found: list[SpeakerTurn]) -> float:
+    """Share of single-speaker reference time (10-ms frames) given to the mapped speaker."""
+    step = 0.01
+    end = max(t.end_s for t in reference + found)
+    frames = int(end / step) + 1
+
+    def grid(turns: list[SpeakerTurn]) -> tuple[list[str], npt.NDArray[np.bool_]]:
+        names = sorted({t.speaker_id for t in turns})
+        active = np.zeros((frames, len(names)), dtype=bool)
+        for t in turns:
+            active[int(t.start_s / step) : int(t.end_s / step), names.index(t.speaker_id)] = True
+        return names, active
+
+    _, ref = grid(reference)
+    _, hyp = grid(found)
+    single = ref.sum(axis=1) == 1
+    overlap = ref[single].astype(np.int64).T @ hyp[single].astype(np.int64)
+    rows, cols = linear_sum_assignment(-overlap)
+    return float(overlap[rows, cols].sum() / single.sum())
+
+
+def test_two_speaker_call_gets_two_speakers_matching_the_reference(
+    speaker_models: SpeakerModels, two_speakers: npt.NDArray[np.float32]
+) -> None:
+    turns = diarize(two_speakers, _whole(two_speakers), speaker_models, SpeakerHints())
+    assert {t.speaker_id for t in turns} == {"SPEAKER_00", "SPEAKER_01"}
+    assert all(type(t.start_s) is float and type(t.end_s) is float for t in turns)
+    agreement = _frame_agreement(_reference(DATA / "pyannote-sample.rttm"), turns)
+    assert agreement >= 0.85, agreement
+
+
+def test_ids_are_numbered_by_first_appearance_and_turns_sorted(
+    speaker_models: SpeakerModels, two_speakers: npt.NDArray[np.float32]
+) -> None:
+    turns = diarize(two_speakers, _whole(two_speakers), speaker_models, SpeakerHints())
+    assert turns == sorted(turns, key=lambda t: (t.start_s, t.end_s))
+    first_seen: list[str] = []
+    for turn in turns:
+        if turn.speaker_id not in first_seen:
+            first_seen.append(turn.speaker_id)
+        assert turn.end_s > turn.start_s
+    assert first_seen == [f"SPEAKER_{i:02d}" for i in range(len(first_seen))]
+
+
+def test_single_reader_is_one_speaker(speaker_models: SpeakerModels) -> None:
+    samples = _read_wav(DATA / "libri-1088-134315-0000.wav")
+    turns = diarize(samples, _whole(samples), speaker_models, SpeakerHints())
+    assert turns
+    assert {t.speaker_id for t in turns} == {"SPEAKER_00"}
+    assert sum(t.end_s - t.start_s for t in turns) > 10.0  # most of the 16-s reading
+
+
+@pytest.mark.parametrize(
+    ("hints", "expected"),
+    [
+        (SpeakerHints(num_speakers=1), 1),
+        (SpeakerHints(num_speakers=3), 3),
+        (SpeakerHints(max_speakers=1), 1),
+        (SpeakerHints(min_speakers=3), 3),
+        (SpeakerHints(min_speakers=2, max_speakers=2), 2),
+    ],
+)
+def test_speaker_hints_are_obeyed(
+    speaker_models: SpeakerModels,
+    two_speakers: npt.NDArray[np.float32],
+    hints: SpeakerHints,
+    expected: int,
+) -> None:
+    turns = diarize(two_speakers, _whole(two_speakers), speaker_models, hints)
+    assert len({t.speaker_id for t in turns}) == expected
+
+
+def test_turns_stay_inside_the_speech_regions(
+    speaker_models: SpeakerModels, two_speakers: npt.NDArray[np.float32]
+) -> None:
+    regions = [SpeechRegion(6.0, 14.0), SpeechRegion(20.0, 26.5)]
+    options = DiarizationOptions(clip_to_regions=True)
+    turns = diarize(two_speakers, regions, speaker_models, SpeakerHints(), options=options)
+    assert turns
+    for turn in turns:
+        assert any(r.start_s <= turn.start_s and turn.end_s <= r.end_s for r in regions), turn
+
+
+def test_silence_gives_no_turns(speaker_models: SpeakerModels) -> None:
+    """Room tone the VAD found no speech in is nobody, even where the segmentation
+    hears a sliver of something."""
+    samples = _read_wav(DATA / "empty-8s.wav")
+    assert diarize(samples, [], speaker_models, SpeakerHints()) == []
+    assert diarize(np.zeros(0, np.float32), [], speaker_models, SpeakerHints()) == []
+
+
+def test_progress_rises_to_one_and_never_falls(
+    speaker_models: SpeakerModels, two_speakers: npt.NDArray[np.float32]
+) -> None:
+    seen: list[float] = []
+    diarize(two_speakers, _whole(two_speakers), speaker_models, SpeakerHints(), seen.append)
+    assert seen and seen[-1] == 1.0
+    assert all(0.0 <= a <= b <= 1.0 for a, b in itertools.pairwise(seen))
+
+
+def test_speech_the_vad_missed_is_still_diarized(
+    speaker_models: SpeakerModels, two_speakers: npt.NDArray[np.float32]
+) -> None:
+    """Speech activity comes from the segmentation model, not from the regions given."""
+    regions = [SpeechRegion(6.0, 9.0), SpeechRegion(20.0, 23.0)]
+    turns = diarize(two_speakers, regions, speaker_models, SpeakerHints())
+    assert len({t.speaker_id for t in turns}) == 2
+    assert sum(t.end_s - t.start_s for t in turns) > 15.0  # far more than the 6 s of regions
+
+
+def test_job_options_serve_as_hints(
+    speaker_models: SpeakerModels, two_speakers: npt.NDArray[np.float32]
+) -> None:
+    turns = diarize(two_speakers, _whole(two_speakers), speaker_models, JobOptions(num_speakers=3))
+    assert len({t.speaker_id for t in turns}) == 3
+
+
+# ------------------------------------------------------------------ pure logic
+
+
+@pytest.mark.parametrize(
+    "hints",
+    [
+        SpeakerHints(num_speakers=0),
+        SpeakerHints(min_speakers=0),
+        SpeakerHints(min_speakers=3, max_speakers=2),
+    ],
+)
+def test_invalid_hints_are_rejected(hints: SpeakerHints) -> None:
+    with pytest.raises(ValueError):
+        hints.bounds()
+
+
+def test_missing_models_give_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(SpeakerModelsMissing, match="export_speaker_models"):
+        load_speaker_models(tmp_path, threads=1)
+
+
+def test_fbank_has_kaldi_frame_count_and_is_finite() -> None:
+    samples = np.random.default_rng(0).normal(0, 0.1, 16000).astype(np.float32)
+    features = kaldi_fbank(samples)
+    assert features.shape == (1 + (16000 - 400) // 160, 80)
+    assert np.isfinite(features).all()
+    assert kaldi_fbank(np.zeros(100, np.float32)).shape == (0, 80)

@@ -1,0 +1,338 @@
+"""End to end: the real `voxtrace serve` process, real models, a real backend receiver,
+a real file server; crashes by kill -9 and a backend that goes away."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jiwer
+import pytest
+
+from tests.helpers import FileServer, free_port, normalise_text
+from voxtrace.devbackend import DevBackend, ReceivedCall, ServerThread
+
+DATA = Path(__file__).parent / "data"
+SECRET = "test-secret"
+RESULT_PATH = "/api/upload-video/result"
+SUBMIT = "/api/upload-video/process-video"
+
+pytestmark = pytest.mark.slow
+
+
+class Server:
+    """`voxtrace serve` in a subprocess, as an operator runs it."""
+
+    def __init__(self, data_dir: Path, backend_url: str, models_path: Path, **env: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = data_dir / f"serve-{time.time_ns()}.log"
+        self.env = {
+            **os.environ,
+            "BACKEND_URL": backend_url,
+            "VOXTRACE_DATA_DIR": str(data_dir),
+            "VOXTRACE_MODEL_DIR": str(models_path),
+            "VOXTRACE_ALLOW_HTTP_HOSTS": "127.0.0.1",
+            "VOXTRACE_CALLBACK_PATH": RESULT_PATH,
+            "VOXTRACE_CALLBACK_SECRET": SECRET,
+            "VOXTRACE_WORKERS": "1",
+            "VOXTRACE_HEARTBEAT_S": "5",
+            "VOXTRACE_LEASE_S": "10",
+            "VOXTRACE_CALLBACK_BACKOFF_BASE_S": "0.2",
+            "VOXTRACE_CALLBACK_BACKOFF_CAP_S": "1",
+            **env,
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, wait_ready: bool = True) -> Server:
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "voxtrace.cli",
+                    "serve",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                ],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        if wait_ready:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout_s: float = 120) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            assert self.proc is not None and self.proc.poll() is None, self.log.read_text()[-3000:]
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).json().get("ready"):
+                    return
+            except (httpx.HTTPError, ValueError):
+                pass
+            time.sleep(0.3)
+        raise AssertionError("server not ready:\n" + self.log.read_text()[-3000:])
+
+    def submit(self, job_id: str, video_url: str, **extra: Any) -> httpx.Response:
+        body = {
+            "job_id": job_id,
+            "video_url": video_url,
+            "fastapi_base_url": None,
+            "language": "auto",
+            **extra,
+        }
+        return httpx.post(f"{self.url}{SUBMIT}", json=body, timeout=10)
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = httpx.get(f"{self.url}/api/jobs/{job_id}", timeout=10).json()
+        return result
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FileServer]:
+    root = tmp_path_factory.mktemp("files")
+    for name in ("sample.mp4", "silence.mp4", "no_audio.mp4"):
+        (root / name).write_bytes((DATA / name).read_bytes())
+    (root / "page.mp4").write_text("<html><body>Not a video</body></html>")
+    server = FileServer(root).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def backend() -> Iterator[tuple[DevBackend, ServerThread]]:
+    receiver = DevBackend(secret=SECRET)
+    thread = ServerThread(receiver.app).start()
+    yield receiver, thread
+    thread.stop()
+
+
+@pytest.fixture(scope="module")
+def server(
+    tmp_path_factory: pytest.TempPathFactory,
+    backend: tuple[DevBackend, ServerThread],
+    models_path: Path,
+) -> Iterator[Server]:
+    srv = Server(tmp_path_factory.mktemp("serve"), backend[1].url, models_path).start()
+    yield srv
+    srv.stop()
+
+
+def submit_and_wait(
+    srv: Server, receiver: DevBackend, url: str, timeout_s: float = 180, **extra: Any
+) -> tuple[str, list[ReceivedCall]]:
+    job_id = str(uuid.uuid4())
+    receiver.register(job_id)
+    answer = srv.submit(job_id, url, **extra)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["status"] == "accepted"
+    receiver.wait_for(job_id, {"completed", "failed"}, timeout_s)
+    time.sleep(0.5)  # anything sent after the terminal callback would show up here
+    return job_id, receiver.calls_for(job_id)
+
+
+def terminal(calls: list[ReceivedCall]) -> list[ReceivedCall]:
+    return [c for c in calls if c.body.get("status") in ("completed", "failed")]
+
+
+def test_happy_path_real_speech(
+    server: Server, backend: tuple[DevBackend, ServerThread], files: FileServer
+) -> None:
+    receiver, _ = backend
+    job_id, calls = submit_and_wait(server, receiver, files.url("sample.mp4"))
+
+    # exactly one terminal callback, the last one, and it is `completed`
+    ends = terminal(calls)
+    assert [c.body["status"] for c in ends] == ["completed"]
+    assert calls[-1] is ends[0]
+    # progress: integers, never decreasing, inside 0..100, stage messages present
+    progress = [c.body["progress"] for c in calls]
+    assert all(isinstance(p, int) for p in progress)
+    assert progress == sorted(progress) and progress[-1] == 100
+    assert any(c.body["status"] == "processing" and c.body["message"] for c in calls)
+    # every callback signed and labelled as the contract says
+    for call in calls:
+        assert call.headers["user-agent"] == "ML-Server/1.0"
+        expected = "sha256=" + hmac.new(SECRET.encode(), call.raw, hashlib.sha256).hexdigest()
+        assert call.headers["x-signature-256"] == expected
+        assert call.answer_status == 200
+    # the result satisfies the contract and the words match the reference
+    result = ends[0].body["result"]
+    assert receiver.violations == []
+    assert result["metadata"]["filename"] == "sample.mp4"
+    assert 18 <= result["metadata"]["duration"] <= 20
+    words = " ".join(w["word"] for s in result["segments"] for w in s["words"])
+    reference = (DATA / "sample.txt").read_text()
+    assert jiwer.wer(normalise_text(reference), normalise_text(words)) < 0.15
+    # the manual status query agrees
+    job = server.job(job_id)
+    assert job["status"] == "completed" and job["progress"] == 100 and job["attempts"] == 1
+    assert job["result"]["metadata"] == result["metadata"]
+    assert all(cb["state"] in ("delivered", "superseded") for cb in job["callbacks"])
+    # every stage of the contract's progress table was reported (older, undelivered
+    # progress callbacks are superseded by newer ones: the backend needs only the latest)
+    logged = {cb["progress"] for cb in job["callbacks"]}
+    assert {10, 25, 40, 60, 75, 90, 100} <= logged
+
+
+def test_resubmitting_a_finished_job_runs_nothing(
+    server: Server, backend: tuple[DevBackend, ServerThread], files: FileServer
+) -> None:
+    receiver, _ = backend
+    job_id, calls = submit_and_wait(server, receiver, files.url("silence.mp4"))
+    again = server.submit(job_id, files.url("silence.mp4"))
+    assert again.status_code == 200 and again.json()["status"] == "completed"
+    time.sleep(1)
+    assert len(receiver.calls_for(job_id)) == len(calls)
+
+
+def test_silence_gives_zero_segments(
+    server: Server, backend: tuple[DevBackend, ServerThread], files: FileServer
+) -> None:
+    receiver, _ = backend
+    _, calls = submit_and_wait(server, receiver, files.url("silence.mp4"))
+    (end,) = terminal(calls)
+    assert end.body["status"] == "completed"
+    assert end.body["result"]["segments"] == []
+    assert end.body["result"]["metadata"]["total_segments"] == 0
+    assert end.body["result"]["metadata"]["unique_speakers"] == 0
+
+
+@pytest.mark.parametrize(
+    ("name", "code"),
+    [
+        ("missing.mp4", "DOWNLOAD_ERROR"),
+        ("no_audio.mp4", "AUDIO_EXTRACTION_ERROR"),
+        ("page.mp4", "AUDIO_EXTRACTION_ERROR"),
+    ],
+)
+def test_bad_inputs_fail_with_the_right_code(
+    server: Server,
+    backend: tuple[DevBackend, ServerThread],
+    files: FileServer,
+    name: str,
+    code: str,
+) -> None:
+    receiver, _ = backend
+    job_id, calls = submit_and_wait(
+        server, receiver, files.url(name) + "?X-Amz-Signature=topsecret"
+    )
+    (end,) = terminal(calls)
+    assert end.body["status"] == "failed"
+    assert end.body["error_code"] == code
+    assert isinstance(end.body["progress"], int)
+    message = end.body["error_message"]
+    assert "topsecret" not in message and "/" not in message and "Traceback" not in message
+    job = server.job(job_id)
+    assert job["status"] == "failed" and job["error"]["code"] == code
+    assert "topsecret" not in json.dumps(job)
+    # temporary files are gone
+    assert not any((Path(server.env["VOXTRACE_DATA_DIR"]) / "work").glob(f"{job_id}*"))
+
+
+def test_kill9_mid_job_then_restart_loses_nothing(
+    tmp_path: Path, backend: tuple[DevBackend, ServerThread], files: FileServer, models_path: Path
+) -> None:
+    receiver, thread = backend
+    srv = Server(tmp_path, thread.url, models_path).start()
+    job_id = str(uuid.uuid4())
+    receiver.register(job_id)
+    try:
+        assert srv.submit(job_id, files.url("sample.mp4")).status_code == 200
+        deadline = time.monotonic() + 60
+        while srv.job(job_id)["progress"] < 30:  # inside the pipeline
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        srv.kill9()
+        time.sleep(1)
+        srv.start()  # same data dir: the new incarnation takes the job back at once
+        receiver.wait_for(job_id, {"completed", "failed"}, 180)
+        time.sleep(1)
+        calls = receiver.calls_for(job_id)
+        ends = terminal(calls)
+        assert [c.body["status"] for c in ends] == ["completed"]
+        assert ends[0].body["result"]["segments"]
+        job = srv.job(job_id)
+        assert job["attempts"] == 2
+        assert list((tmp_path / "work").iterdir()) == []  # temp files of the dead run removed
+    finally:
+        srv.stop()
+
+
+def test_backend_down_for_a_while_then_back(
+    tmp_path: Path, files: FileServer, models_path: Path
+) -> None:
+    port = free_port()
+    receiver = DevBackend(secret=SECRET)
+    srv = Server(tmp_path, f"http://127.0.0.1:{port}", models_path).start()
+    job_id = str(uuid.uuid4())
+    receiver.register(job_id)
+    thread: ServerThread | None = None
+    try:
+        assert srv.submit(job_id, files.url("silence.mp4")).status_code == 200
+        deadline = time.monotonic() + 120
+        while srv.job(job_id)["status"] != "completed":  # done, but nobody to tell yet
+            assert time.monotonic() < deadline
+            time.sleep(0.3)
+        # the terminal callback is retried, and its failures are visible to operators
+        while True:
+            pending = [c for c in srv.job(job_id)["callbacks"] if c["state"] == "pending"]
+            assert [c["status"] for c in pending] == ["completed"]
+            if pending[0]["attempts"] >= 2:
+                assert pending[0]["last_error"]
+                break
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        thread = ServerThread(receiver.app, port=port).start()  # the backend returns
+        receiver.wait_for(job_id, {"completed"}, 60)
+        time.sleep(1)
+        ends = terminal(receiver.calls_for(job_id))
+        assert len(ends) == 1
+    finally:
+        srv.stop()
+        if thread is not None:
+            thread.stop()
+
+
+def test_processing_time_limit(
+    tmp_path: Path, backend: tuple[DevBackend, ServerThread], files: FileServer, models_path: Path
+) -> None:
+    receiver, thread = backend
+    srv = Server(tmp_path, thread.url, models_path, VOXTRACE_JOB_TIMEOUT_S="3").start()
+    try:
+        _, calls = submit_and_wait(srv, receiver, files.url("sample.mp4"), timeout_s=60)
+        (end,) = terminal(calls)
+        assert end.body["status"] == "failed"
+        assert end.body["error_code"] == "PROCESSING_TIMEOUT"
+        srv.wait_ready(60)  # the worker was replaced
+    finally:
+        srv.stop()

@@ -1,0 +1,147 @@
+"""VAD and transcription with the bundled Whisper base on real speech."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import jiwer
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from voxtrace.domain import SpeechRegion, Transcription
+from voxtrace.errors import TranscriptionError
+from voxtrace.pipeline.audio import SAMPLE_RATE, extract_audio
+from voxtrace.pipeline.transcribe import TranscribeOptions, transcribe
+from voxtrace.pipeline.vad import VadOptions, detect_speech
+
+if TYPE_CHECKING:
+    from faster_whisper import WhisperModel
+
+pytestmark = pytest.mark.slow
+
+
+def normalise(text: str) -> str:
+    return " ".join(re.sub(r"[^\w\s']", " ", text.lower()).split())
+
+
+@pytest.fixture(scope="module")
+def jfk(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> npt.NDArray[np.float32]:
+    return extract_audio(data_dir / "jfk.flac", tmp_path_factory.mktemp("a"), 60, 60)
+
+
+@pytest.fixture(scope="module")
+def jfk_transcription(
+    jfk: npt.NDArray[np.float32], whisper_model: WhisperModel
+) -> tuple[Transcription, list[float]]:
+    fractions: list[float] = []
+    regions = detect_speech(jfk, VadOptions())
+    result = transcribe(jfk, regions, whisper_model, TranscribeOptions(), fractions.append)
+    return result, fractions
+
+
+def test_vad_finds_nothing_in_room_tone(data_dir: Path, tmp_path: Path) -> None:
+    silence = extract_audio(data_dir / "empty-8s.wav", tmp_path, 60, 60)
+    assert detect_speech(silence, VadOptions()) == []
+
+
+def test_vad_finds_the_speech(jfk: npt.NDArray[np.float32]) -> None:
+    regions = detect_speech(jfk, VadOptions())
+    assert regions
+    assert all(0 <= r.start_s < r.end_s <= jfk.shape[0] / SAMPLE_RATE for r in regions)
+    speech_s = sum(r.end_s - r.start_s for r in regions)
+    assert 6.0 < speech_s <= 11.0
+
+
+def test_jfk_is_transcribed_exactly(
+    jfk_transcription: tuple[Transcription, list[float]], data_dir: Path
+) -> None:
+    result, _ = jfk_transcription
+    reference = (data_dir / "jfk.txt").read_text()
+    hypothesis = " ".join(s.text for s in result.segments)
+    assert jiwer.wer(normalise(reference), normalise(hypothesis)) == 0.0
+    assert result.language == "en"
+
+
+def test_words_are_timed_plain_floats(
+    jfk_transcription: tuple[Transcription, list[float]],
+) -> None:
+    result, _ = jfk_transcription
+    words = [w for s in result.segments for w in s.words]
+    assert len(words) == 22
+    for seg in result.segments:
+        assert type(seg.start_s) is float and seg.start_s == seg.words[0].start_s
+    for word in words:
+        assert type(word.start_s) is float and type(word.probability) is float
+        assert 0.0 <= word.start_s <= word.end_s <= 11.1
+        assert 0.0 <= word.probability <= 1.0
+    starts = [w.start_s for w in words]
+    assert starts == sorted(starts)
+    assert words[0].text.strip() == "And" and words[0].start_s < 0.8
+
+
+def test_progress_rises_to_one(jfk_transcription: tuple[Transcription, list[float]]) -> None:
+    _, fractions = jfk_transcription
+    assert fractions == sorted(fractions)
+    assert fractions[-1] == 1.0 and len(fractions) >= 2
+
+
+def test_times_are_restored_to_the_original_timeline(
+    jfk: npt.NDArray[np.float32],
+    jfk_transcription: tuple[Transcription, list[float]],
+    whisper_model: WhisperModel,
+) -> None:
+    """Silence before the speech is cut out for decoding and added back to the times.
+
+    The same speech regions, moved by the padding, give the decoder identical input, so
+    every time must move by exactly the padding.
+    """
+    offset_s = 7.0
+    padded = np.concatenate([np.zeros(int(offset_s * SAMPLE_RATE), np.float32), jfk])
+    assert detect_speech(padded, VadOptions())[0].start_s > offset_s - 1.0
+    regions = [
+        SpeechRegion(r.start_s + offset_s, r.end_s + offset_s)
+        for r in detect_speech(jfk, VadOptions())
+    ]
+    shifted = transcribe(padded, regions, whisper_model, TranscribeOptions(), lambda _: None)
+    original, _ = jfk_transcription
+    before = [w for s in original.segments for w in s.words]
+    after = [w for s in shifted.segments for w in s.words]
+    assert [w.text for w in after] == [w.text for w in before]
+    for a, b in zip(after, before, strict=True):
+        assert a.start_s == pytest.approx(b.start_s + offset_s, abs=0.011)
+        assert a.end_s == pytest.approx(b.end_s + offset_s, abs=0.011)
+
+
+def test_no_regions_means_no_decoding(jfk: npt.NDArray[np.float32]) -> None:
+    class Untouchable:
+        def transcribe(self, *args: object, **kwargs: object) -> None:
+            raise AssertionError("the model must not run without speech")
+
+    calls: list[float] = []
+    result = transcribe(jfk, [], Untouchable(), TranscribeOptions(), calls.append)  # type: ignore[arg-type]
+    assert result.segments == () and calls == []
+
+
+def test_noise_gives_no_words(whisper_model: WhisperModel) -> None:
+    noise = (np.random.default_rng(1).standard_normal(8 * SAMPLE_RATE) * 0.05).astype(np.float32)
+    result = transcribe(
+        noise, [SpeechRegion(0.0, 8.0)], whisper_model, TranscribeOptions(), lambda _: None
+    )
+    assert result.segments == ()
+
+
+def test_decoder_errors_become_transcription_errors(
+    jfk: npt.NDArray[np.float32], whisper_model: WhisperModel
+) -> None:
+    with pytest.raises(TranscriptionError) as info:
+        transcribe(
+            jfk,
+            [SpeechRegion(0.0, 3.0)],
+            whisper_model,
+            TranscribeOptions(language="zz"),
+            lambda _: None,
+        )
+    assert info.value.message == "Speech recognition failed"
