@@ -240,3 +240,22 @@ def _imports(source: Path) -> set[str]:
         elif isinstance(node, ast.Import):
             names.update(a.name for a in node.names)
     return names
+
+
+def test_optional_api_key_guards_submit_and_status(tmp_path: Path) -> None:
+    server, store, _ = make_server(tmp_path, api_key="s3cret-key")
+    try:
+        with httpx.Client(base_url=server.url) as client:
+            body = {"job_id": "k1", "video_url": VIDEO}
+            assert_envelope(client.post(SUBMIT, json=body), 401, "UNAUTHORIZED", "k1")
+            wrong = client.post(SUBMIT, json=body, headers={"X-API-Key": "nope"})
+            assert_envelope(wrong, 401, "UNAUTHORIZED", "k1")
+            ok = client.post(SUBMIT, json=body, headers={"X-API-Key": "s3cret-key"})
+            assert ok.status_code == 200
+            assert_envelope(client.get("/api/jobs/k1"), 401, "UNAUTHORIZED")
+            bearer = client.get("/api/jobs/k1", headers={"Authorization": "Bearer s3cret-key"})
+            assert bearer.status_code == 200
+            assert client.get("/health").status_code == 200  # probes need no key
+    finally:
+        server.stop()
+        store.close()

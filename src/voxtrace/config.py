@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 __all__ = ["Settings", "get_settings"]
@@ -40,6 +40,7 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(50 * 1024 * 1024, ge=1024)
     rate_limit_per_minute: int = Field(600, ge=1)
     rate_limit_burst: int = Field(100, ge=1)
+    api_key: SecretStr | None = None  # off by default: the deployed backend sends none
 
     # --- jobs
     job_timeout_s: float = Field(30 * 60, gt=0)
@@ -64,7 +65,7 @@ class Settings(BaseSettings):
     )
     callback_path: str = "/api/v1/ml/ml-results"
     callback_allowlist: CommaList = ()
-    callback_secret: str | None = None
+    callback_secret: SecretStr | None = None
     callback_timeout_s: float = Field(10, gt=0)
     callback_retry_window_s: float = Field(3600, ge=0)
     callback_backoff_base_s: float = Field(1.0, gt=0)

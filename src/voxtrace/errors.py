@@ -5,6 +5,7 @@
     │   ├── JobConflict               JOB_CONFLICT      409
     │   ├── PayloadTooLarge           PAYLOAD_TOO_LARGE 413
     │   └── RateLimited               RATE_LIMITED      429
+    ├── Unauthorized                  UNAUTHORIZED      401
     ├── JobNotFound                   JOB_NOT_FOUND     404
     ├── CapacityExceeded              INSUFFICIENT_RESOURCES 503
     └── JobError        (a job's terminal failure, sent in the `failed` callback)
@@ -40,6 +41,7 @@ __all__ = [
     "RateLimited",
     "RequestError",
     "TranscriptionError",
+    "Unauthorized",
     "VoxtraceError",
     "classify_exception",
 ]
@@ -88,6 +90,12 @@ class RateLimited(RequestError):
     code = "RATE_LIMITED"
     http_status = 429
     default_message = "Too many requests"
+
+
+class Unauthorized(VoxtraceError):
+    code = "UNAUTHORIZED"
+    http_status = 401
+    default_message = "Missing or invalid API key"
 
 
 class JobNotFound(VoxtraceError):

@@ -308,7 +308,11 @@ class Supervisor:
                 self.store,
                 self._http,
                 path=self.settings.callback_path,
-                secret=self.settings.callback_secret,
+                secret=(
+                    self.settings.callback_secret.get_secret_value()
+                    if self.settings.callback_secret
+                    else None
+                ),
                 retry_window_s=self.settings.callback_retry_window_s,
                 timeout_s=self.settings.callback_timeout_s,
                 backoff_base_s=self.settings.callback_backoff_base_s,

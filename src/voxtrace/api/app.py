@@ -6,6 +6,7 @@ path, so a submission is answered in milliseconds whatever the workers are doing
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import math
@@ -30,7 +31,7 @@ from voxtrace.api.schemas import (
 )
 from voxtrace.config import Settings
 from voxtrace.domain import JobOptions, JobStatus, NewJob
-from voxtrace.errors import JobNotFound, RateLimited, VoxtraceError
+from voxtrace.errors import JobNotFound, RateLimited, Unauthorized, VoxtraceError
 from voxtrace.store.base import JobStore
 
 __all__ = ["create_app"]
@@ -42,6 +43,7 @@ WORKER_STALE_S = 30.0
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorEnvelope},
+    401: {"model": ErrorEnvelope},
     404: {"model": ErrorEnvelope},
     409: {"model": ErrorEnvelope},
     413: {"model": ErrorEnvelope},
@@ -133,7 +135,20 @@ def create_app(settings: Settings, store: JobStore) -> FastAPI:
         if not allowed:
             raise RateLimited(retry_after_s=wait_s)
 
+    def require_api_key(request: Request) -> None:
+        """Constant-time check of `X-API-Key` (or `Authorization: Bearer`), when configured."""
+        if settings.api_key is None:
+            return
+        given = request.headers.get("x-api-key", "")
+        auth = request.headers.get("authorization", "")
+        if not given and auth.lower().startswith("bearer "):
+            given = auth[7:].strip()
+        expected = settings.api_key.get_secret_value()
+        if not hmac.compare_digest(given.encode(), expected.encode()):
+            raise Unauthorized()
+
     Limited = Depends(rate_limit)
+    Authorized = Depends(require_api_key)
 
     # ------------------------------------------------------------------ errors
     @app.exception_handler(VoxtraceError)
@@ -168,7 +183,7 @@ def create_app(settings: Settings, store: JobStore) -> FastAPI:
         "/api/upload-video/process-video",
         response_model=ProcessVideoAccepted,
         responses=_ERRORS,
-        dependencies=[Limited],
+        dependencies=[Limited, Authorized],
         summary="Submit a video for processing (answers at once; results come by callback)",
     )
     def process_video(body: ProcessVideoRequest, store: Store) -> ProcessVideoAccepted:
@@ -218,7 +233,7 @@ def create_app(settings: Settings, store: JobStore) -> FastAPI:
         "/api/jobs/{job_id}",
         response_model=JobPublic,
         responses=_ERRORS,
-        dependencies=[Limited],
+        dependencies=[Limited, Authorized],
         summary="Manual status query: state, progress, attempts, result or error, callbacks",
     )
     def get_job(job_id: str, store: Store) -> JobPublic:
