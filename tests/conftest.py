@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from voxtrace.config import get_settings
 from voxtrace.models import ModelBundle, ensure_bundled_whisper_base, load_whisper
 
 if TYPE_CHECKING:
@@ -21,9 +22,13 @@ def data_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def models_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Where the bundled Whisper base is assembled once for the whole session."""
-    path = tmp_path_factory.mktemp("models")
+def models_path() -> Path:
+    """The models `make setup` prepared (the default location, or VOXTRACE_MODEL_DIR).
+
+    Whisper base is assembled here if missing (idempotent, about a second); the speaker
+    models are exported by `make setup` (tests/test_diarize.py exports them if absent).
+    """
+    path = get_settings().models_path.resolve()
     ensure_bundled_whisper_base(path)
     return path
 

@@ -136,6 +136,15 @@ def test_high_arousal_raises_active_emotions_and_lowers_neutral() -> None:
         assert up[label] > flat > down[label]
     assert up["neutral"] < flat < down["neutral"]
     assert down["sadness"] > flat
+    # Not only on a flat distribution: on any, a raised voice never lowers anger/joy/
+    # surprise nor raises neutral (they hold the largest and the smallest weight).
+    rng = np.random.default_rng(0)
+    for probs in rng.dirichlet(np.full(len(EMOTION_LABELS), 0.3), size=200):
+        moved = dict(zip(EMOTION_LABELS, adjust_for_arousal(probs, 1.0), strict=True))
+        before = dict(zip(EMOTION_LABELS, probs, strict=True))
+        for label in ("anger", "joy", "surprise"):
+            assert moved[label] >= before[label] - 1e-12
+        assert moved["neutral"] <= before["neutral"] + 1e-12
     # Bounded: even an absurd arousal moves no class by more than e^(2*0.3*2) in odds.
     extreme = adjust_for_arousal(base, 50.0)
     np.testing.assert_allclose(extreme, adjust_for_arousal(base, 2.0))

@@ -45,12 +45,14 @@ FloatArray = npt.NDArray[np.float64]
 
 # Log-probability shift per unit of arousal. Positive: more likely when the voice is
 # louder/higher than the speaker's baseline (the high-arousal emotions of the
-# circumplex model); negative: more likely when it is quieter/lower.
+# circumplex model); negative: more likely when it is quieter/lower. anger, joy and
+# surprise share the largest weight, so a raised voice never lowers any of them, and
+# neutral has the smallest, so a raised voice never raises it (and the reverse).
 AROUSAL_WEIGHTS: dict[str, float] = {
     "anger": 0.3,
     "disgust": 0.0,
     "fear": 0.15,
-    "joy": 0.2,
+    "joy": 0.3,
     "neutral": -0.3,
     "sadness": -0.2,
     "surprise": 0.3,
