@@ -22,6 +22,7 @@ merged away; ids are numbered by first appearance.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -91,10 +92,11 @@ class DiarizationOptions:
     dense_step_s: float = 2.5  # short audio (1 s, as pyannote 3.1, scored worse here)
     sparse_step_s: float = 5.0  # long audio: bounded cost per minute
     target_windows: int = 120  # the step grows past this many windows
-    clustering_threshold: float = 0.65  # euclidean distance between unit-vector centroids
+    clustering_threshold: float = 0.70  # euclidean distance between unit-vector centroids
     min_cluster_s: float = 1.0  # clusters with less (de-duplicated) speech are folded in
-    min_clean_s: float = 1.0  # embeddings with less single-speaker speech don't vote
+    min_clean_s: float = 2.0  # embeddings with less single-speaker speech don't vote
     min_embed_s: float = 0.3  # below this a local speaker gets no embedding at all
+    split_run_s: float = 1.0  # a local speaker's runs this long are embedded apart (0: off)
     max_embed_s: float = 5.0  # CAM++ cost grows with length; 5 s beat 3 s on the bench
     max_clustered: int = 2000  # bound on the all-pairs clustering (memory, time)
     min_speaker_s: float = 1.0  # speakers with less speech are merged into others
@@ -123,6 +125,8 @@ class _LocalSpeaker:
     index: int  # 0..2 within the window
     clean_s: float
     active_s: float
+    first: int = 0  # the frames [first, end) of the window that are this speaker's
+    end: int = SEGMENTATION_NUM_FRAMES
 
 
 def diarize(
@@ -238,7 +242,10 @@ def _resolve(
             i = int(np.argmax(similarity[:, k]))
             window, index = locals_[i].window, locals_[i].index
             frames = slice(window * step_frames, window * step_frames + SEGMENTATION_NUM_FRAMES)
-            own = binarized[window, :, index].astype(bool)
+            own = np.zeros(SEGMENTATION_NUM_FRAMES, dtype=bool)
+            own[locals_[i].first : locals_[i].end] = binarized[
+                window, locals_[i].first : locals_[i].end, index
+            ].astype(bool)
             activity[frames][own] = False
             activity[frames][own, k] = True
             similarity[i] = -np.inf
@@ -314,26 +321,50 @@ def _embed_window(
     alone = active.sum(axis=1) == 1
     found = []
     for index in range(3):
-        speaking = active[:, index].astype(bool)
-        clean = speaking & alone
-        clean_s = float(clean.sum()) * _FRAME_STEP_S
-        active_s = float(speaking.sum()) * _FRAME_STEP_S
-        mask = clean if clean_s >= options.min_embed_s else speaking
-        selected = np.flatnonzero(mask[nearest])
-        if selected.size * _FBANK_SHIFT_S < options.min_embed_s:
-            continue
-        limit = round(options.max_embed_s / _FBANK_SHIFT_S)
-        if selected.size > limit:  # evenly spread frames keep the voice's variety
-            selected = selected[np.linspace(0, selected.size - 1, limit).astype(np.int64)]
-        features = fbank[selected]
-        features = features - features.mean(axis=0, keepdims=True)
-        vector = models.embed(features[None])[0]
-        norm = float(np.linalg.norm(vector))
-        if not np.isfinite(norm) or norm == 0.0:
-            continue
-        local = _LocalSpeaker(-1, index, clean_s, active_s)
-        found.append((local, (vector / norm).astype(np.float32)))
+        for first, end in _split_at_pauses(active[:, index].astype(bool), options):
+            speaking = np.zeros(SEGMENTATION_NUM_FRAMES, dtype=bool)
+            speaking[first:end] = active[first:end, index]
+            clean = speaking & alone
+            clean_s = float(clean.sum()) * _FRAME_STEP_S
+            active_s = float(speaking.sum()) * _FRAME_STEP_S
+            mask = clean if clean_s >= options.min_embed_s else speaking
+            selected = np.flatnonzero(mask[nearest])
+            if selected.size * _FBANK_SHIFT_S < options.min_embed_s:
+                continue
+            limit = round(options.max_embed_s / _FBANK_SHIFT_S)
+            if selected.size > limit:  # evenly spread frames keep the voice's variety
+                selected = selected[np.linspace(0, selected.size - 1, limit).astype(np.int64)]
+            features = fbank[selected]
+            features = features - features.mean(axis=0, keepdims=True)
+            vector = models.embed(features[None])[0]
+            norm = float(np.linalg.norm(vector))
+            if not np.isfinite(norm) or norm == 0.0:
+                continue
+            local = _LocalSpeaker(-1, index, clean_s, active_s, first, end)
+            found.append((local, (vector / norm).astype(np.float32)))
     return found
+
+
+def _split_at_pauses(
+    speaking: npt.NDArray[np.bool_], options: DiarizationOptions
+) -> list[tuple[int, int]]:
+    """Frame ranges of one local speaker, cut in the pauses between its long runs.
+
+    The segmentation model sometimes gives two people who take turns one local label;
+    embedding each long run on its own lets clustering tell them apart (or join them).
+    """
+    if options.split_run_s <= 0:
+        return [(0, SEGMENTATION_NUM_FRAMES)]
+    column = np.concatenate([[False], speaking, [False]]).astype(np.int8)
+    edges = np.flatnonzero(np.diff(column))
+    runs = [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2], strict=True)]
+    min_frames = options.split_run_s / _FRAME_STEP_S
+    long_runs = [(a, b) for a, b in runs if b - a >= min_frames]
+    if len(long_runs) < 2:
+        return [(0, SEGMENTATION_NUM_FRAMES)]
+    cuts = [(b1 + a2) // 2 for (_, b1), (a2, _) in itertools.pairwise(long_runs)]
+    bounds = [0, *cuts, SEGMENTATION_NUM_FRAMES]
+    return list(itertools.pairwise(bounds))
 
 
 def _cluster(
@@ -414,9 +445,16 @@ def _assign(
     window_of = np.array([s.window for s in locals_])
     boundaries = np.flatnonzero(np.diff(window_of)) + 1
     for rows in np.split(np.arange(len(locals_)), boundaries):
-        if rows.size > 1 and np.unique(labels[rows]).size < rows.size:
-            chosen_rows, chosen = linear_sum_assignment(-similarity[rows])
-            labels[rows[chosen_rows]] = chosen
+        # the longest piece of each local speaker: these are surely different people
+        main: dict[int, int] = {}
+        for row in rows:
+            index = locals_[row].index
+            if index not in main or locals_[row].active_s > locals_[main[index]].active_s:
+                main[index] = int(row)
+        chosen = np.array(sorted(main.values()))
+        if chosen.size > 1 and np.unique(labels[chosen]).size < chosen.size:
+            picked_rows, picked = linear_sum_assignment(-similarity[chosen])
+            labels[chosen[picked_rows]] = picked
     return labels
 
 
@@ -434,17 +472,18 @@ def _reconstruct(
     count = np.zeros(num_frames, dtype=np.float32)
     coverage = np.zeros(num_frames, dtype=np.float32)
     window_of = np.array([s.window for s in locals_])
-    index_of = np.array([s.index for s in locals_])
     for window in range(len(starts)):
         frames = slice(window * step_frames, window * step_frames + SEGMENTATION_NUM_FRAMES)
         coverage[frames] += 1.0
         count[frames] += binarized[window].sum(axis=1)
         clustered = np.zeros((SEGMENTATION_NUM_FRAMES, num_speakers), dtype=np.float32)
         for i in np.flatnonzero(window_of == window):
+            local = locals_[i]
+            span = slice(local.first, local.end)
             np.maximum(
-                clustered[:, labels[i]],
-                binarized[window, :, index_of[i]],
-                out=clustered[:, labels[i]],
+                clustered[span, labels[i]],
+                binarized[window, span, local.index],
+                out=clustered[span, labels[i]],
             )
         score[frames] += clustered
     np.divide(score, np.maximum(coverage, 1.0)[:, None], out=score)
