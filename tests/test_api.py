@@ -93,6 +93,8 @@ def test_resubmission_is_idempotent_and_a_different_url_conflicts(api: httpx.Cli
         ({"job_id": "j1", "video_url": "ftp://host/file.mp4"}, "video_url"),
         ({"job_id": "j1", "video_url": "file:///etc/passwd"}, "video_url"),
         ({"job_id": "j1", "video_url": "https://user:pw@host/v.mp4"}, "credentials"),
+        ({"job_id": "j1", "video_url": "http://169.254.169.254/latest/meta-data"}, "https"),
+        ({"job_id": "j1", "video_url": "http://example.com/v.mp4"}, "https"),
         ({"job_id": "j1", "video_url": "https://h/" + "a" * 5000}, "video_url"),
         ({"job_id": "j1", "video_url": VIDEO, "language": "klingon!"}, "language"),
         ({"job_id": "j1", "video_url": VIDEO, "num_speakers": 0}, "num_speakers"),

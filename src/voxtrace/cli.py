@@ -31,12 +31,15 @@ __all__ = ["main"]
 log = logging.getLogger("voxtrace")
 
 
-def _settings(**overrides: Any) -> Settings:
+def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
+    """Build the settings; from then on the log filter also blanks the configured secrets."""
     try:
-        return get_settings(**{k: v for k, v in overrides.items() if v is not None})
+        settings = get_settings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise SystemExit(f"voxtrace: invalid configuration: {problems}") from None
+    configure_logging(args.log_level, settings.secret_values())
+    return settings
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -46,7 +49,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from voxtrace.store import open_store
     from voxtrace.worker import Supervisor
 
-    settings = _settings(host=args.host, port=args.port, workers=args.workers)
+    settings = _settings(args, host=args.host, port=args.port, workers=args.workers)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = open_store(settings.store_location)
     supervisor = Supervisor(settings, store, log_level=args.log_level)
@@ -73,7 +76,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from voxtrace.store import open_store
     from voxtrace.worker import Supervisor
 
-    settings = _settings(workers=args.workers)
+    settings = _settings(args, workers=args.workers)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = open_store(settings.store_location)
     supervisor = Supervisor(settings, store, log_level=args.log_level)
@@ -96,7 +99,7 @@ def cmd_process(args: argparse.Namespace) -> int:
     from voxtrace.pipeline.formats import to_srt, to_vtt
     from voxtrace.pipeline.runner import run_pipeline
 
-    settings = _settings()
+    settings = _settings(args)
     options = JobOptions(
         language=None if args.language in (None, "auto") else args.language,
         num_speakers=args.num_speakers,
@@ -161,7 +164,7 @@ def cmd_emotion(args: argparse.Namespace) -> int:
 def cmd_setup(args: argparse.Namespace) -> int:
     from voxtrace.models import prepare_models
 
-    settings = _settings()
+    settings = _settings(args)
     for name, path in prepare_models(settings.models_path).items():
         print(f"{name}: {path}")
     return 0

@@ -54,9 +54,17 @@ class Settings(BaseSettings):
     max_download_bytes: int = Field(2 * 1024**3, ge=1)
     max_media_duration_s: float = Field(60 * 60, gt=0)
     download_timeout_s: float = Field(30, gt=0)  # connect/read inactivity
+    download_total_timeout_s: float = Field(15 * 60, gt=0)  # the whole download
     max_redirects: int = Field(5, ge=0)
-    allow_http_hosts: CommaList = ()
+    allow_http_hosts: CommaList = ()  # plain http + no private-address check for these
+    allow_download_hosts: CommaList = ()  # when set, the only hosts downloaded from
     ffmpeg_timeout_s: float = Field(600, gt=0)
+
+    # --- S3 (unsigned object URLs are signed with these; presigned ones used as they are)
+    s3_region: str | None = None  # default: the URL's region, else us-east-1
+    s3_endpoint_url: str | None = None  # a non-AWS S3 API (MinIO); its host is trusted
+    s3_access_key_id: str | None = None  # default: AWS_ACCESS_KEY_ID and botocore's chain
+    s3_secret_access_key: SecretStr | None = None
 
     # --- callbacks
     backend_url: str = Field(
@@ -80,7 +88,9 @@ class Settings(BaseSettings):
     cpu_threads: int = Field(0, ge=0)  # 0 = cores / workers
     model_dir: Path | None = None  # where assembled models live; default data_dir/models
 
-    @field_validator("allow_http_hosts", "callback_allowlist", mode="before")
+    @field_validator(
+        "allow_http_hosts", "allow_download_hosts", "callback_allowlist", mode="before"
+    )
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
@@ -94,6 +104,21 @@ class Settings(BaseSettings):
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError("BACKEND_URL must be an http(s) URL")
         return value.rstrip("/")
+
+    @field_validator("allow_http_hosts", "allow_download_hosts")
+    @classmethod
+    def _normalise_hosts(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(v.lower().rstrip(".") for v in value)
+
+    @field_validator("s3_endpoint_url")
+    @classmethod
+    def _check_endpoint(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("s3_endpoint_url must be an http(s) URL")
+        return value.strip().rstrip("/")
 
     @field_validator("callback_allowlist")
     @classmethod
@@ -110,6 +135,11 @@ class Settings(BaseSettings):
         if self.heartbeat_s >= 30:
             raise ValueError("heartbeat_s must be below 30 s (the contract's progress interval)")
         return self
+
+    def secret_values(self) -> tuple[str, ...]:
+        """The configured secrets, for the log filter to blank out wherever they appear."""
+        secrets = (self.api_key, self.callback_secret, self.s3_secret_access_key)
+        return tuple(s.get_secret_value() for s in secrets if s is not None)
 
     @property
     def store_location(self) -> str:

@@ -5,31 +5,58 @@ from __future__ import annotations
 import logging
 import re
 import sys
+from collections.abc import Iterable
 
 __all__ = ["RedactingFilter", "configure_logging"]
 
 # A URL's query string may hold a presigned signature or credentials: never log it.
 _URL_QUERY = re.compile(r"(https?://[^\s?#\"']+)\?[^\s\"']*")
-_USERINFO = re.compile(r"(https?://)[^/\s:@\"']+:[^/\s@\"']+@")
+_USERINFO = re.compile(r"(https?://)[^/\s@\"'?#]+@")
+# The same parameters outside a full URL (a bare query string, a header, a repr).
+_SIGNING_PARAM = re.compile(
+    r"(?i)\b((?:X-Amz-)?(?:Signature|Credential|Security-Token)|AWSAccessKeyId)=[^&\s\"',;]+"
+)
+_REDACTED = "<redacted>"
+_MIN_SECRET_CHARS = 4  # shorter "secrets" would redact ordinary words
 
 
 class RedactingFilter(logging.Filter):
-    """Strip query strings and credentials from URLs in every log record."""
+    """Strip query strings, credentials and signing parameters from every log record,
+    and any of the configured secret values (callback secret, API key, S3 key)."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        super().__init__()
+        self._secrets = tuple(
+            sorted({s for s in secrets if len(s) >= _MIN_SECRET_CHARS}, key=len, reverse=True)
+        )
+
+    def redact(self, text: str) -> str:
+        text = _USERINFO.sub(r"\1", _URL_QUERY.sub(rf"\1?{_REDACTED}", text))
+        text = _SIGNING_PARAM.sub(rf"\1={_REDACTED}", text)
+        for secret in self._secrets:
+            text = text.replace(secret, _REDACTED)
+        return text
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        redacted = _USERINFO.sub(r"\1", _URL_QUERY.sub(r"\1?<redacted>", message))
+        redacted = self.redact(message)
         if redacted != message:
             record.msg, record.args = redacted, None
+        if record.exc_info and not record.exc_text:  # tracebacks quote values too
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = self.redact(record.exc_text)
         return True
 
 
-def configure_logging(level: str = "INFO") -> None:
+def configure_logging(level: str = "INFO", secrets: Iterable[str] = ()) -> None:
+    """Log to stderr through the redacting filter; `secrets` are values never to print
+    (pass `Settings.secret_values()`)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         logging.Formatter("%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s")
     )
-    handler.addFilter(RedactingFilter())
+    handler.addFilter(RedactingFilter(secrets))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -158,6 +158,8 @@ class JobRunner:
             with _Progress(self.store, job, self.worker_id, self.settings) as report:
                 report(max(job.progress, 1), "Initialising")
                 _check_free_disk(self.settings)
+                # An earlier attempt's orphaned ffmpeg may still write here: start afresh.
+                shutil.rmtree(work_dir, ignore_errors=True)
                 work_dir.mkdir(parents=True, exist_ok=True)
                 result = run_pipeline(
                     job.video_url,
@@ -238,7 +240,7 @@ def worker_main(settings: Settings, worker_id: str, log_level: str = "INFO") -> 
     from voxtrace.logs import configure_logging
 
     _die_with_parent()
-    configure_logging(log_level)
+    configure_logging(log_level, settings.secret_values())
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides
@@ -260,10 +262,30 @@ def worker_main(settings: Settings, worker_id: str, log_level: str = "INFO") -> 
         if job is None:
             stopping.wait(IDLE_POLL_S)
             continue
-        store.worker_seen(worker_id, {**info, "state": "busy", "job_id": job.job_id}, now)
-        runner.run(job)
+        busy = {**info, "state": "busy", "job_id": job.job_id}
+        store.worker_seen(worker_id, busy, now)
+        done = threading.Event()
+        beat = threading.Thread(
+            target=_report_busy, args=(store, worker_id, busy, done), daemon=True
+        )
+        beat.start()
+        try:
+            runner.run(job)
+        finally:
+            done.set()
+            beat.join(timeout=5)
         last_seen = 0.0
     store.close()
+
+
+def _report_busy(store: JobStore, worker_id: str, info: Any, done: threading.Event) -> None:
+    """Keep a busy worker visible (`/api/queue`, `/health`) through a long job: without
+    this it vanishes from the live workers after WORKER_STALE_S and /health says so."""
+    while not done.wait(WORKER_SEEN_INTERVAL_S):
+        try:
+            store.worker_seen(worker_id, info, time.time())
+        except Exception:
+            log.exception("worker %s: could not report itself", worker_id)
 
 
 # ----------------------------------------------------------------------- supervisor
@@ -341,7 +363,8 @@ class Supervisor:
         for thread in self._threads:
             thread.join(timeout=5)
         for slot in self._slots:
-            self._reclaim(slot.worker_id, reason="worker stopped")
+            dead = slot.process is None or not slot.process.is_alive()
+            self._reclaim(slot.worker_id, reason="worker stopped", owner_dead=dead)
         if self._http is not None:
             self._http.close()
 
@@ -350,7 +373,8 @@ class Supervisor:
         node = f"{self.settings.node_id}/"
         for job in self.store.jobs_owned_by(node):
             if not job.worker_id or not job.worker_id.startswith(self.prefix):
-                self._give_back(job, reason="server restarted")
+                gone = _supervisor_gone(job.worker_id)
+                self._give_back(job, reason="server restarted", owner_dead=gone)
         work = self.settings.work_path
         if work.exists():
             busy = {j.job_id for j in self.store.jobs_owned_by(node)}
@@ -392,7 +416,7 @@ class Supervisor:
             return
         if not proc.is_alive():
             log.warning("worker %s exited (code %s)", slot.worker_id, proc.exitcode)
-            self._reclaim(slot.worker_id, reason="worker died")
+            self._reclaim(slot.worker_id, reason="worker died", owner_dead=True)
             lived = now - slot.started_at
             slot.quick_deaths = slot.quick_deaths + 1 if lived < 30 else 0
             slot.restart_at = (
@@ -428,19 +452,29 @@ class Supervisor:
         slot.process = None
         slot.restart_at = time.monotonic()
 
-    def _reclaim(self, worker_id: str, reason: str) -> None:
+    def _reclaim(self, worker_id: str, reason: str, owner_dead: bool = False) -> None:
         if worker_id:
             for job in self.store.jobs_owned_by(worker_id):
-                self._give_back(job, reason)
+                self._give_back(job, reason, owner_dead)
 
     def _reap_lapsed_leases(self) -> None:
         for job in self.store.expired_leases(time.time()):
             self._give_back(job, reason="lease lapsed")
 
-    def _give_back(self, job: Job, reason: str) -> None:
-        """A job whose worker is gone: run it again, or fail it when attempts are spent."""
+    def _give_back(self, job: Job, reason: str, owner_dead: bool = False) -> None:
+        """A job whose worker is gone: run it again, or fail it when attempts are spent.
+
+        When the worker is known dead (we reaped it, or its supervisor's pid is gone) the
+        job is requeued at once, fenced on that worker and attempt; otherwise only once
+        its lease has lapsed (the owner may still be alive elsewhere).
+        """
         if job.attempts < self.settings.max_attempts:
-            if self.store.release_lapsed(job.job_id, job.attempts, time.time()):
+            now = time.time()
+            if owner_dead and job.worker_id:
+                queued = self.store.requeue(job.job_id, job.worker_id, job.attempts, now)
+            else:
+                queued = self.store.release_lapsed(job.job_id, job.attempts, now)
+            if queued:
                 log.warning(
                     "job %s: %s; queued again (attempt %d done)", job.job_id, reason, job.attempts
                 )
@@ -462,6 +496,20 @@ class Supervisor:
             time.time(),
         )
         shutil.rmtree(self.settings.work_path / job.job_id, ignore_errors=True)
+
+
+def _supervisor_gone(worker_id: str | None) -> bool:
+    """True when the supervisor pid in `<node>/<pid>/<slot>` no longer exists here."""
+    parts = (worker_id or "").split("/")
+    if len(parts) != 3 or not parts[1].isdigit():
+        return False
+    try:
+        os.kill(int(parts[1]), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False  # exists, owned by someone else
+    return False
 
 
 def _rss_mb(pid: int | None) -> int:

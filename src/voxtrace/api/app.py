@@ -12,6 +12,7 @@ import logging
 import math
 import time
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -31,7 +32,14 @@ from voxtrace.api.schemas import (
 )
 from voxtrace.config import Settings
 from voxtrace.domain import JobOptions, JobStatus, NewJob
-from voxtrace.errors import JobNotFound, RateLimited, Unauthorized, VoxtraceError
+from voxtrace.errors import (
+    JobNotFound,
+    RateLimited,
+    RequestError,
+    Unauthorized,
+    VoxtraceError,
+)
+from voxtrace.netpolicy import host_matches
 from voxtrace.store.base import JobStore
 
 __all__ = ["create_app"]
@@ -187,6 +195,10 @@ def create_app(settings: Settings, store: JobStore) -> FastAPI:
         summary="Submit a video for processing (answers at once; results come by callback)",
     )
     def process_video(body: ProcessVideoRequest, store: Store) -> ProcessVideoAccepted:
+        url = urlsplit(body.video_url)
+        if url.scheme == "http" and not host_matches(url.hostname or "", settings.allow_http_hosts):
+            # Refused now rather than failing later: plain http only for named hosts.
+            raise RequestError("video_url must be an https URL", job_id=body.job_id)
         base = settings.callback_base_for(body.fastapi_base_url)
         if body.fastapi_base_url and base != body.fastapi_base_url.rstrip("/"):
             log.info(

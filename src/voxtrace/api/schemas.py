@@ -9,6 +9,7 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from voxtrace.domain import Job
+from voxtrace.netpolicy import ip_literal, is_forbidden_address
 
 __all__ = [
     "ErrorBody",
@@ -23,17 +24,23 @@ __all__ = [
 
 JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 MAX_URL_LENGTH = 4096
+# In the OpenAPI schema and enforced, so what a client reads is exactly what is accepted:
+# http(s), a host name or IPv4 address (no credentials), a port in 0..65535, no spaces.
+_PORT = r"(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4})"
+VIDEO_URL_PATTERN = (
+    r"^[Hh][Tt][Tt][Pp][Ss]?://[A-Za-z0-9][A-Za-z0-9.-]*(?::" + _PORT + r")?(?:[/?#]\S*)?$"
+)
 _LANGUAGE = re.compile(r"^[a-z]{2,3}$")
 
 
 def redact_url(url: str) -> str:
     """Drop credentials and the query string (presigned signatures) from a URL."""
-    try:
+    try:  # `.port` raises too, on a port out of range: a log line must never fail a request
         parts = urlsplit(url)
+        host = parts.hostname or ""
+        netloc = f"{host}:{parts.port}" if parts.port else host
     except ValueError:
         return "<invalid url>"
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
@@ -43,27 +50,45 @@ class ProcessVideoRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     job_id: str = Field(pattern=JOB_ID_PATTERN, description="Unique job id (UUID or a safe id)")
-    video_url: str = Field(min_length=1, max_length=MAX_URL_LENGTH)
+    video_url: str = Field(
+        min_length=1,
+        max_length=MAX_URL_LENGTH,
+        pattern=VIDEO_URL_PATTERN,
+        description="http(s) URL of the video (an S3 presigned or plain object URL)",
+    )
     fastapi_base_url: str | None = Field(
         None, description="Backend base URL for callbacks; used only when allowlisted"
     )
-    language: str | None = Field(None, description='"auto" or an ISO 639-1 code such as "ko"')
+    language: str | None = Field(
+        None,
+        pattern=r"^(?:[Aa][Uu][Tt][Oo]|[A-Za-z]{2,3})?$",
+        description='"auto" or an ISO 639-1 code such as "ko"',
+    )
     num_speakers: int | None = Field(None, ge=1, le=32)
     min_speakers: int | None = Field(None, ge=1, le=32)
     max_speakers: int | None = Field(None, ge=1, le=32)
 
-    @field_validator("video_url")
+    @field_validator("video_url", mode="before")
     @classmethod
-    def _check_url(cls, value: str) -> str:
+    def _check_url(cls, value: object) -> object:
+        """Clear messages for the common mistakes; the documented pattern decides the rest."""
+        if not isinstance(value, str):
+            return value
         try:
-            parts = urlsplit(value.strip())
+            parts = urlsplit(value)
         except ValueError as exc:
             raise ValueError("video_url is not a valid URL") from exc
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        if parts.scheme not in ("http", "https"):
             raise ValueError("video_url must be an http(s) URL")
-        if parts.username or parts.password:
+        if "@" in parts.netloc:
             raise ValueError("video_url must not contain credentials")
-        return value.strip()
+        # No DNS at submit time: names are checked when fetching, on what they resolve
+        # to. Plain http is fetched only from operator-allowlisted hosts, which may be
+        # private on purpose, so only an https literal address can be judged here.
+        literal = ip_literal(parts.hostname or "")
+        if parts.scheme == "https" and literal is not None and is_forbidden_address(literal):
+            raise ValueError("video_url must not point at a private or reserved address")
+        return value
 
     @field_validator("language")
     @classmethod
@@ -75,6 +100,14 @@ class ProcessVideoRequest(BaseModel):
             return None
         if not _LANGUAGE.match(value):
             raise ValueError('language must be "auto" or an ISO language code')
+        return value
+
+    @field_validator("num_speakers", "min_speakers", "max_speakers", mode="before")
+    @classmethod
+    def _no_booleans(cls, value: object) -> object:
+        """JSON `true` is not an integer (the schema says integer; pydantic would take it as 1)."""
+        if isinstance(value, bool):
+            raise ValueError("must be an integer")
         return value
 
     @model_validator(mode="after")

@@ -96,17 +96,34 @@ def _load_emotion() -> EmotionModel:
 
 def pipeline_options(settings: Settings) -> PipelineOptions:
     """The pipeline's option records, built once from the settings."""
+    from urllib.parse import urlsplit
+
     from voxtrace.pipeline.fetch import FetchOptions
     from voxtrace.pipeline.runner import AudioOptions, PipelineOptions
+    from voxtrace.pipeline.s3 import S3Options
     from voxtrace.pipeline.transcribe import TranscribeOptions
 
+    # The S3 endpoint is a host the operator named: it may be plain http and private.
+    trusted = tuple(settings.allow_http_hosts)
+    endpoint_host = urlsplit(settings.s3_endpoint_url or "").hostname
+    if endpoint_host and endpoint_host not in trusted:
+        trusted += (endpoint_host,)
+    secret = settings.s3_secret_access_key
     return PipelineOptions(
         fetch=FetchOptions(
             max_bytes=settings.max_download_bytes,
             connect_timeout_s=min(10.0, settings.download_timeout_s),
             read_timeout_s=settings.download_timeout_s,
+            total_timeout_s=settings.download_total_timeout_s,
             max_redirects=settings.max_redirects,
-            allow_http_hosts=tuple(settings.allow_http_hosts),
+            allow_http_hosts=trusted,
+            allow_download_hosts=tuple(settings.allow_download_hosts),
+            s3=S3Options(
+                region=settings.s3_region,
+                endpoint_url=settings.s3_endpoint_url,
+                access_key_id=settings.s3_access_key_id,
+                secret_access_key=secret.get_secret_value() if secret else None,
+            ),
         ),
         audio=AudioOptions(
             ffmpeg_timeout_s=settings.ffmpeg_timeout_s,
