@@ -562,3 +562,24 @@ def test_open_store_by_url(tmp_path: Path) -> None:
         open_store("redis://localhost:6379/0")
     with pytest.raises(ValueError, match="unknown job store"):
         open_store("postgres://db/jobs")
+
+
+def test_sqlite_closes_connections_of_finished_threads(tmp_path: Path) -> None:
+    """Each job's heartbeat thread touches the store; its connection must not outlive it."""
+    import os
+    import threading
+
+    store = SqliteJobStore(tmp_path / "jobs.db")
+    store.get("warm-up")
+
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    before = open_fds()
+    for _ in range(30):
+        thread = threading.Thread(target=store.get, args=("x",))
+        thread.start()
+        thread.join()
+    store.get("again")  # a new connection prunes those of finished threads
+    assert open_fds() - before <= 4
+    store.close()

@@ -105,7 +105,9 @@ class SqliteJobStore(JobStore):
         self._busy_timeout_ms = int(busy_timeout_s * 1000)
         self._local = threading.local()
         self._lock = threading.Lock()
-        self._connections: list[tuple[int, sqlite3.Connection]] = []
+        # (pid, owning thread, connection): connections of finished threads are closed
+        # when the next one opens, so short-lived threads (a job's heartbeat) leak nothing.
+        self._connections: list[tuple[int, threading.Thread, sqlite3.Connection]] = []
         self._path.parent.mkdir(parents=True, exist_ok=True)
         self._create_schema()
 
@@ -136,7 +138,14 @@ class SqliteJobStore(JobStore):
             self._local.conn = conn
             self._local.pid = pid
             with self._lock:
-                self._connections.append((pid, conn))
+                alive = []
+                for owner_pid, thread, other in self._connections:
+                    if owner_pid == pid and not thread.is_alive():
+                        other.close()
+                    else:
+                        alive.append((owner_pid, thread, other))
+                alive.append((pid, threading.current_thread(), conn))
+                self._connections = alive
         return conn
 
     @contextlib.contextmanager
@@ -167,8 +176,8 @@ class SqliteJobStore(JobStore):
     def close(self) -> None:
         pid = os.getpid()
         with self._lock:
-            mine = [conn for owner, conn in self._connections if owner == pid]
-            self._connections = [(o, c) for o, c in self._connections if o != pid]
+            mine = [conn for owner, _, conn in self._connections if owner == pid]
+            self._connections = [item for item in self._connections if item[0] != pid]
         for conn in mine:
             conn.close()
         self._local = threading.local()
