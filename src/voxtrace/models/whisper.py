@@ -169,9 +169,22 @@ def load_whisper(
         resolved_device,
         resolved_compute,
     )
-    return WhisperModel(
-        model_path,
-        device=resolved_device,
-        compute_type=resolved_compute,
-        cpu_threads=cpu_threads,
-    )
+    try:
+        return WhisperModel(
+            model_path,
+            device=resolved_device,
+            compute_type=resolved_compute,
+            cpu_threads=cpu_threads,
+        )
+    except (RuntimeError, OSError, ValueError):
+        if device != "auto" or resolved_device == "cpu":
+            raise
+        # "auto" saw a GPU but CUDA could not be used (missing cuBLAS/cuDNN, driver too
+        # old, out of memory): serve on the CPU rather than crash-looping the worker.
+        logger.warning("CUDA unavailable for Whisper; falling back to the CPU", exc_info=True)
+        return WhisperModel(
+            model_path,
+            device="cpu",
+            compute_type=pick_compute_type(compute_type, "cpu"),
+            cpu_threads=cpu_threads,
+        )
