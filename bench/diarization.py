@@ -36,6 +36,7 @@ DEFAULT_FIXTURES = Path("/work/shared/fixtures/diarization")
 DEFAULT_MODELS = Path("data/models/speaker")
 CALIBRATION_PREFIX = "ami-trn"  # the threshold is chosen on these; dev and others are held out
 SAMPLE_RATE = 16000
+AUDIBLE_SPEAKER_S = 2.0  # the second speaker-count column counts only speakers this loud
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +51,13 @@ class ClipScore:
     scored_s: tuple[float, float, float]  # scored speaker time per collar, same order
     seconds: float
     reference_total_s: float
+    speaker_speech_s: tuple[float, ...] = ()  # each reference speaker's total speech
+
+    @property
+    def audible_speakers(self) -> int:
+        """Reference speakers with at least `AUDIBLE_SPEAKER_S` of speech: a voice heard
+        for a second in all is not one any embedding can tell apart."""
+        return sum(s >= AUDIBLE_SPEAKER_S for s in self.speaker_speech_s)
 
 
 def load_audio(path: Path) -> npt.NDArray[np.float32]:
@@ -107,6 +115,9 @@ def score_clip(
         ),
         seconds=seconds,
         reference_total_s=float(reference.get_timeline().support().duration()),
+        speaker_speech_s=tuple(
+            float(reference.label_duration(label)) for label in sorted(reference.labels())
+        ),
     )
 
 
@@ -258,13 +269,14 @@ def _current_rss_mb() -> float:
 
 def table(scores: Sequence[ClipScore]) -> list[str]:
     lines = [
-        "| clip | s | true spk | found | DER md-eval collar 0.25 | DER collar 0 "
-        "| DER md-eval collar 0.125 | s/min |",
-        "|---|---|---|---|---|---|---|---|",
+        "| clip | s | true spk | true spk >= 2 s | found | DER md-eval collar 0.25 "
+        "| DER collar 0 | DER md-eval collar 0.125 | s/min |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for s in scores:
         lines.append(
-            f"| {s.name} | {s.duration_s:.1f} | {s.true_speakers} | {s.found_speakers} | "
+            f"| {s.name} | {s.duration_s:.1f} | {s.true_speakers} | {s.audible_speakers} | "
+            f"{s.found_speakers} | "
             f"{100 * s.der_050:.1f} % | {100 * s.der_0:.1f} % | {100 * s.der_025:.1f} % | "
             f"{60 * s.seconds / s.duration_s:.2f} |"
         )
@@ -284,6 +296,9 @@ def run(
     ami = [s for s in scores if s.name.startswith("ami-")]
     calib = [s for s in scores if s.name.startswith(CALIBRATION_PREFIX)]
     exact = sum(s.found_speakers == s.true_speakers for s in scores)
+    audible = [s for s in scores if s.audible_speakers > 0]
+    exact_audible = sum(s.found_speakers == s.true_speakers for s in audible)
+    exact_loud = sum(s.found_speakers == s.audible_speakers for s in scores)
     total_audio = sum(s.duration_s for s in scores)
     total_time = sum(s.seconds for s in scores)
     lines = [
@@ -314,7 +329,10 @@ def run(
             for s in scores
             if not s.name.startswith("ami-")
         ],
-        f"- Exact speaker count: {exact}/{len(scores)} clips",
+        f"- Exact speaker count: {exact}/{len(scores)} clips; {exact_audible}/{len(audible)} "
+        f"without the clips where every reference speaker talks < {AUDIBLE_SPEAKER_S:.0f} s in "
+        f"all ({', '.join(s.name for s in scores if s not in audible) or 'none'}); "
+        f"{exact_loud}/{len(scores)} counting only speakers with >= {AUDIBLE_SPEAKER_S:.0f} s",
         f"- Speed on the clips: {60 * total_time / total_audio:.2f} s per audio minute",
     ]
     for name, count, accuracy in attribution_scores(fixtures_dir, models, options):

@@ -23,7 +23,13 @@ from voxtrace.models.speaker import (
     kaldi_fbank,
     load_speaker_models,
 )
-from voxtrace.pipeline.diarize import DiarizationOptions, SpeakerHints, diarize
+from voxtrace.pipeline.diarize import (
+    DiarizationOptions,
+    SpeakerHints,
+    _LocalSpeaker,
+    _own_speech_s,
+    diarize,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).parent / "data"
@@ -122,6 +128,25 @@ def test_single_reader_is_one_speaker(speaker_models: SpeakerModels) -> None:
     assert sum(t.end_s - t.start_s for t in turns) > 10.0  # most of the 16-s reading
 
 
+def test_two_voices_talking_at_once_in_a_five_second_clip_are_two_speakers(
+    speaker_models: SpeakerModels,
+) -> None:
+    """One LibriSpeech reader per channel, downmixed: the right-channel reader (0.4-2.2 s)
+    only ever speaks over the other. A lone 10-s window hears each second once, so that
+    voice's 2 s must not be discounted as if several windows had heard it."""
+    samples = _read_wav(DATA / "stereo_diarization.wav")
+    turns = diarize(samples, _whole(samples), speaker_models, SpeakerHints())
+    assert len({t.speaker_id for t in turns}) == 2
+    spans = {
+        speaker: [t for t in turns if t.speaker_id == speaker]
+        for speaker in {t.speaker_id for t in turns}
+    }
+    longest = max(spans.values(), key=lambda ts: sum(t.end_s - t.start_s for t in ts))
+    other = next(ts for ts in spans.values() if ts is not longest)
+    assert sum(t.end_s - t.start_s for t in longest) > 4.0  # the left reader: 0-4.9 s
+    assert all(t.start_s < 2.6 for t in other)  # the right reader: 0.4-2.2 s
+
+
 @pytest.mark.parametrize(
     ("hints", "expected"),
     [
@@ -214,3 +239,24 @@ def test_fbank_has_kaldi_frame_count_and_is_finite() -> None:
     assert features.shape == (1 + (16000 - 400) // 160, 80)
     assert np.isfinite(features).all()
     assert kaldi_fbank(np.zeros(100, np.float32)).shape == (0, 80)
+
+
+def test_own_speech_counts_each_second_once_however_many_windows_heard_it() -> None:
+    """Two windows half a window apart: speech in their overlap is heard twice and must
+    weigh as its real length; a lone window's speech weighs in full."""
+    frames = 589
+    step = 200
+    binarized = np.zeros((2, frames, 3), dtype=np.uint8)
+    binarized[0, step:, 0] = 1  # heard by both windows
+    binarized[1, : frames - step, 0] = 1  # the same frames, seen from window 1
+    binarized[1, frames - step :, 1] = 1  # heard by window 1 only
+    locals_ = [_LocalSpeaker(0, 0, 0.0, 0.0), _LocalSpeaker(1, 0, 0.0, 0.0)]
+    locals_ += [_LocalSpeaker(1, 1, 0.0, 0.0)]
+    shared_s, same_s, alone_s = _own_speech_s(binarized, step, locals_)
+    frame_s = 270 / 16000
+    assert shared_s == pytest.approx(same_s) == pytest.approx((frames - step) * frame_s / 2)
+    assert alone_s == pytest.approx(step * frame_s)
+    lone = np.zeros((1, frames, 3), dtype=np.uint8)
+    lone[0, :100, 2] = 1
+    (lone_s,) = _own_speech_s(lone, step, [_LocalSpeaker(0, 2, 0.0, 0.0)])
+    assert lone_s == pytest.approx(100 * frame_s)

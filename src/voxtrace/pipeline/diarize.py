@@ -208,14 +208,14 @@ def _resolve(
     starts, step_frames, binarized = analysis.starts, analysis.step_frames, analysis.binarized
     locals_, embeddings = analysis.locals_, analysis.embeddings
     min_k, max_k = bounds
-    step_s = step_frames * _FRAME_STEP_S
     if not locals_:  # speech too short to embed: whatever the segmentation found is one voice
         activity = binarized.max(axis=2, keepdims=True).astype(bool)
         turns = _to_turns(_stitch(activity, step_frames), speech, options)
         if _heard_s(turns, speech) < options.min_vad_speech_s and min_k <= 1:
             return []
         return _relabel(turns)
-    centroids = _cluster(embeddings, locals_, (min_k, max_k), step_s, options)
+    speech_s = _own_speech_s(binarized, step_frames, locals_)
+    centroids = _cluster(embeddings, locals_, speech_s, (min_k, max_k), options)
     while True:
         labels = _assign(embeddings, centroids, locals_)
         activity = _reconstruct(binarized, starts, step_frames, locals_, labels, len(centroids))
@@ -367,11 +367,29 @@ def _split_at_pauses(
     return list(itertools.pairwise(bounds))
 
 
+def _own_speech_s(
+    binarized: npt.NDArray[np.uint8], step_frames: int, locals_: list[_LocalSpeaker]
+) -> npt.NDArray[np.float64]:
+    """Seconds of speech of each local speaker, each second counted once however many
+    overlapping windows heard it (the one window of a 5-s clip hears each second once)."""
+    num_windows = binarized.shape[0]
+    num_frames = (num_windows - 1) * step_frames + SEGMENTATION_NUM_FRAMES
+    coverage = np.zeros(num_frames, dtype=np.float64)
+    for window in range(num_windows):
+        coverage[window * step_frames : window * step_frames + SEGMENTATION_NUM_FRAMES] += 1.0
+    result = np.zeros(len(locals_), dtype=np.float64)
+    for i, local in enumerate(locals_):
+        frames = np.flatnonzero(binarized[local.window, local.first : local.end, local.index])
+        offset = local.window * step_frames + local.first
+        result[i] = float((1.0 / coverage[frames + offset]).sum()) * _FRAME_STEP_S
+    return result
+
+
 def _cluster(
     embeddings: FloatArray,
     locals_: list[_LocalSpeaker],
+    speech_s: npt.NDArray[np.float64],
     bounds: tuple[int, int],
-    step_s: float,
     options: DiarizationOptions,
 ) -> FloatArray:
     """Centroids of the global speakers (unit vectors), their number within `bounds`."""
@@ -385,10 +403,7 @@ def _cluster(
     train = embeddings[index]
     if train.shape[0] < 2:
         return _normalise(train.mean(axis=0, keepdims=True))
-    # each second of speech is seen by window/step windows: weights count it once
-    window_s = SEGMENTATION_WINDOW_SAMPLES / SAMPLE_RATE
-    weights = np.array([locals_[i].active_s for i in index]) * min(1.0, step_s / window_s)
-    weights *= len(locals_) / index.size  # subsampling keeps the totals
+    weights = speech_s[index] * (len(locals_) / index.size)  # subsampling keeps the totals
 
     tree = linkage(train.astype(np.float64), method="centroid", metric="euclidean")
     labels = fcluster(tree, options.clustering_threshold, criterion="distance")
