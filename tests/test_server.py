@@ -336,3 +336,22 @@ def test_processing_time_limit(
         srv.wait_ready(60)  # the worker was replaced
     finally:
         srv.stop()
+
+
+def test_worker_over_its_memory_cap_fails_the_job_and_is_replaced(
+    tmp_path: Path, backend: tuple[DevBackend, ServerThread], files: FileServer, models_path: Path
+) -> None:
+    receiver, thread = backend
+    # An idle worker with its models loaded sits near 0.5 GB: under a 300 MB cap the first
+    # job it runs pushes it over, as a real out-of-memory video would.
+    srv = Server(tmp_path, thread.url, models_path, VOXTRACE_WORKER_MAX_RSS_MB="300").start()
+    try:
+        job_id, calls = submit_and_wait(srv, receiver, files.url("sample.mp4"), timeout_s=90)
+        (end,) = terminal(calls)
+        assert end.body["status"] == "failed"
+        assert end.body["error_code"] == "INSUFFICIENT_RESOURCES"
+        assert srv.job(job_id)["error"]["code"] == "INSUFFICIENT_RESOURCES"
+        srv.wait_ready(60)  # a fresh worker took its place
+        assert not any((tmp_path / "work").iterdir())
+    finally:
+        srv.stop()

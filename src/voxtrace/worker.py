@@ -424,7 +424,8 @@ class Supervisor:
             )
             slot.process = None
             return
-        for job in self.store.jobs_owned_by(slot.worker_id):
+        jobs = self.store.jobs_owned_by(slot.worker_id)
+        for job in jobs:
             if job.started_at and time.time() - job.started_at > self.settings.job_timeout_s:
                 log.warning(
                     "job %s: over the time limit; stopping worker %s", job.job_id, slot.worker_id
@@ -432,7 +433,9 @@ class Supervisor:
                 self._kill(slot)
                 self._fail(job, ProcessingTimeout())
                 return
-        rss_mb = _rss_mb(proc.pid)
+        # The memory cap applies to a worker running a job: an idle worker holds only its
+        # models, and killing it for that would loop forever on a too-small cap.
+        rss_mb = _rss_mb(proc.pid) if jobs else 0
         if rss_mb > self.settings.worker_max_rss_mb:
             log.warning(
                 "worker %s uses %d MB (cap %d); replacing it",
@@ -440,7 +443,6 @@ class Supervisor:
                 rss_mb,
                 self.settings.worker_max_rss_mb,
             )
-            jobs = self.store.jobs_owned_by(slot.worker_id)
             self._kill(slot)
             for job in jobs:
                 self._fail(job, InsufficientResources("Not enough memory to process the job"))
