@@ -75,18 +75,19 @@ def test_splits_at_speaker_changes_and_pauses() -> None:
     assert segments[2].start_s == 3.0
 
 
-def test_long_speech_is_cut_at_a_late_comma_else_at_the_limit() -> None:
+def test_long_speech_is_cut_into_balanced_captions_preferring_commas() -> None:
     sentence = " ".join(f"w{i}," if i == 14 else f"w{i}" for i in range(30))
     t = transcription(timed(sentence, step_s=0.2))
     segments = build_segments(t, flat_prosody(t), [])
     assert [len(s.words) for s in segments] == [15, 15]
     assert segments[0].text.endswith("w14,")
     long_words = transcription(timed(" ".join(f"x{i}" for i in range(45)), step_s=0.1))
-    assert [len(s.words) for s in build_segments(long_words, flat_prosody(long_words), [])] == [
-        20,
-        20,
-        5,
-    ]
+    # 45 words need 3 captions of at most 20: evenly sized, no 5-word orphan at the end
+    sizes = [len(s.words) for s in build_segments(long_words, flat_prosody(long_words), [])]
+    assert len(sizes) == 3 and sum(sizes) == 45 and min(sizes) >= 12 and max(sizes) <= 20
+    # a long sentence that ends just past the limit keeps no one-word tail
+    tail = transcription(timed(" ".join(f"z{i}" for i in range(22)) + ".", step_s=0.2))
+    assert min(len(s.words) for s in build_segments(tail, flat_prosody(tail), [])) >= 3
     slow = transcription(timed(" ".join(f"y{i}" for i in range(12)), step_s=0.9))
     for seg in build_segments(slow, flat_prosody(slow), []):
         assert seg.end_s - seg.start_s <= 8.0

@@ -85,20 +85,13 @@ def build_segments(
         )
         for raw, p in zip(raw_words, prosody, strict=True)
     ]
-    segments: list[Segment] = []
-    current: list[Word] = []
+    sentences: list[list[Word]] = []
     for word in words:
-        if current and _is_boundary(current[-1], word, rules):
-            segments.append(_make_segment(current))
-            current = []
-        elif current and _is_too_long(current, word, rules):
-            keep, carry = _split_at_clause(current)
-            segments.append(_make_segment(keep))
-            current = carry
-        current.append(word)
-    if current:
-        segments.append(_make_segment(current))
-    return segments
+        if sentences and not _is_boundary(sentences[-1][-1], word, rules):
+            sentences[-1].append(word)
+        else:
+            sentences.append([word])
+    return [_make_segment(part) for sentence in sentences for part in _split_long(sentence, rules)]
 
 
 def _is_boundary(last: Word, nxt: Word, rules: SegmentRules) -> bool:
@@ -122,22 +115,34 @@ def _ends_sentence(text: str) -> bool:
     return True
 
 
-def _is_too_long(current: Sequence[Word], nxt: Word, rules: SegmentRules) -> bool:
-    return nxt.end_s - current[0].start_s > rules.max_duration_s or len(current) >= rules.max_words
+def _fits(words: Sequence[Word], rules: SegmentRules) -> bool:
+    duration_s = words[-1].end_s - words[0].start_s
+    return duration_s <= rules.max_duration_s and len(words) <= rules.max_words
 
 
-def _split_at_clause(current: list[Word]) -> tuple[list[Word], list[Word]]:
-    """Cut a too-long caption after its last comma when that comma is in its second half.
+def _split_long(words: list[Word], rules: SegmentRules) -> list[list[Word]]:
+    """Cut a too-long sentence into as few, evenly sized captions as the limits allow,
+    each cut preferring a comma or a pause near its ideal place.
 
-    The words after the comma start the next caption: same speaker, no pause and no
-    sentence end between them, so moving them is safe.
+    A greedy cut at the length limit leaves orphans ("for them." alone on screen).
     """
-    if current[-1].text.rstrip().endswith(_CLAUSE_ENDS):
-        return current, []
-    for i in range(len(current) - 2, len(current) // 2 - 1, -1):
-        if current[i].text.rstrip().endswith(_CLAUSE_ENDS):
-            return current[: i + 1], current[i + 1 :]
-    return current, []
+    if _fits(words, rules) or len(words) < 2:
+        return [words]
+    total_s = max(1e-6, words[-1].end_s - words[0].start_s)
+    pieces = math.ceil(max(len(words) / rules.max_words, total_s / rules.max_duration_s))
+    pieces = max(2, pieces)
+    best_i, best_score = 1, -math.inf
+    for i in range(1, len(words)):
+        if not _fits(words[:i], rules):
+            break
+        left_s = words[i - 1].end_s - words[0].start_s
+        balance = abs(pieces * left_s / total_s - 1)  # 0 = an exact 1/pieces share
+        pause_s = max(0.0, words[i].start_s - words[i - 1].end_s)
+        clause = 0.35 if words[i - 1].text.rstrip().endswith(_CLAUSE_ENDS) else 0.0
+        score = clause + min(pause_s, 1.0) - balance
+        if score > best_score:
+            best_i, best_score = i, score
+    return [words[:best_i], *_split_long(words[best_i:], rules)]
 
 
 def _join_words(words: Sequence[Word]) -> str:
