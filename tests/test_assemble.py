@@ -185,3 +185,21 @@ def test_subtitles() -> None:
     assert "\n3\n00:00:02,000 --> 00:00:02,500\n[SPEAKER_03] Bye.\n" in srt
     vtt = to_vtt(result)
     assert vtt.startswith("WEBVTT\n\n00:00:00.123 --> 00:00:00.900\n[SPEAKER_01] Hello world.\n")
+
+
+def test_rounded_emotion_probabilities_still_sum_to_one() -> None:
+    from voxtrace.pipeline.assemble import _round_distribution
+
+    probs = {
+        "anger": 0.0034,
+        "disgust": 0.0004,
+        "fear": 0.0004,
+        "joy": 0.2064,
+        "neutral": 0.7694,
+        "sadness": 0.0064,
+        "surprise": 0.0136,
+    }
+    rounded = _round_distribution(probs, 3)
+    assert sum(rounded.values()) == pytest.approx(1.0, abs=1e-12)
+    assert all(abs(rounded[k] - probs[k]) <= 0.001 for k in probs)
+    assert max(rounded, key=rounded.__getitem__) == "neutral"

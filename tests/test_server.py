@@ -193,6 +193,15 @@ def test_happy_path_real_speech(
     words = " ".join(w["word"] for s in result["segments"] for w in s["words"])
     reference = (DATA / "sample.txt").read_text()
     assert jiwer.wer(normalise_text(reference), normalise_text(words)) < 0.15
+    # two readers, one after the other: two speakers, and no segment mixes them
+    assert result["metadata"]["unique_speakers"] == 2
+    speakers = [s["speaker"]["speaker_id"] for s in result["segments"]]
+    assert speakers[0] == "SPEAKER_00" and speakers[-1] == "SPEAKER_01"
+    assert speakers == sorted(speakers)  # 00 until the change, then 01
+    assert all(
+        "emotion" in s and abs(sum(s["emotion"]["probabilities"].values()) - 1) < 1e-9
+        for s in result["segments"]
+    )
     # the manual status query agrees
     job = server.job(job_id)
     assert job["status"] == "completed" and job["progress"] == 100 and job["attempts"] == 1

@@ -384,6 +384,11 @@ class Supervisor:
 
     # -- internals
     def _spawn(self, slot: _Slot) -> None:
+        # Native thread pools (OpenBLAS, OpenMP) read these when the child imports them:
+        # each worker keeps to its share of the cores instead of oversubscribing them.
+        threads = str(self.settings.threads_per_worker)
+        for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ.setdefault(name, threads)
         slot.generation += 1
         slot.worker_id = f"{self.prefix}{slot.index}.{slot.generation}"
         slot.process = self._ctx.Process(

@@ -173,6 +173,19 @@ def _finite(value: float, digits: int, low: float = -math.inf, high: float = mat
     return round(min(high, max(low, value)), digits)
 
 
+def _round_distribution(probabilities: dict[str, float], digits: int) -> dict[str, float]:
+    """Round probabilities so they still sum to exactly 1 (largest remainder first)."""
+    scale = 10**digits
+    values = {k: _finite(p, 12, 0.0, 1.0) for k, p in probabilities.items()}
+    total = sum(values.values()) or 1.0
+    exact = {k: v / total * scale for k, v in values.items()}
+    units = {k: math.floor(v) for k, v in exact.items()}
+    short = scale - sum(units.values())
+    for k in sorted(exact, key=lambda k: exact[k] - units[k], reverse=True)[:short]:
+        units[k] += 1
+    return {k: u / scale for k, u in units.items()}
+
+
 def result_to_contract(result: Result) -> dict[str, Any]:
     """The contract's `result` object: every number finite and within its range."""
     segments: list[dict[str, Any]] = []
@@ -199,9 +212,7 @@ def result_to_contract(result: Result) -> dict[str, Any]:
             entry["emotion"] = {
                 "emotion": seg.emotion.label,
                 "confidence": _finite(seg.emotion.confidence, 3, 0.0, 1.0),
-                "probabilities": {
-                    label: _finite(p, 3, 0.0, 1.0) for label, p in seg.emotion.probabilities.items()
-                },
+                "probabilities": _round_distribution(seg.emotion.probabilities, 3),
             }
         segments.append(entry)
     return {
