@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.voxtrace-installed
 
-.PHONY: setup demo serve test lint bench clean
+.PHONY: setup demo serve test lint bench reliability clean
 
 setup: $(STAMP) data/models/.ready
 
@@ -37,8 +37,8 @@ serve: setup
 	$(VENV)/bin/voxtrace serve
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests bench scripts
-	$(VENV)/bin/ruff format --check src tests bench scripts
+	$(VENV)/bin/ruff check src tests bench scripts reliability
+	$(VENV)/bin/ruff format --check src tests bench scripts reliability
 	$(VENV)/bin/mypy
 
 test: setup lint
@@ -46,6 +46,11 @@ test: setup lint
 
 bench: setup
 	$(PY) -m bench
+
+# Fault injection, hostile inputs, load and soak against the real server (~20 min);
+# writes docs/reliability.md.
+reliability: setup
+	$(PY) -m reliability
 
 clean:
 	rm -rf data/work .pytest_cache .mypy_cache .ruff_cache

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,9 +43,20 @@ class MediaInfo:
     audio_codec: str | None
 
 
+def _with_parent(cmd: list[str]) -> list[str]:
+    """Have the kernel kill ffmpeg when its worker dies (kill -9, time limit, memory cap):
+    the timeout below lives in the worker, so an orphan would otherwise run unbounded."""
+    setpriv = shutil.which("setpriv")
+    if setpriv is None or shutil.which(cmd[0]) is None:
+        return cmd  # (a missing ffmpeg must still read as FileNotFoundError)
+    return [setpriv, "--pdeathsig", "KILL", "--", *cmd]
+
+
 def _run(cmd: list[str], timeout_s: float, what: str) -> subprocess.CompletedProcess[bytes]:
     try:
-        return subprocess.run(cmd, capture_output=True, timeout=timeout_s, check=False)
+        return subprocess.run(
+            _with_parent(cmd), capture_output=True, timeout=timeout_s, check=False
+        )
     except subprocess.TimeoutExpired:
         raise ProcessingTimeout(f"{what} took too long") from None
     except FileNotFoundError:

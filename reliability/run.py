@@ -1,0 +1,493 @@
+"""Run the fault scenarios repeatedly and write `docs/reliability.md`.
+
+    .venv/bin/python -m reliability                      # everything, default counts
+    .venv/bin/python -m reliability --sections kills --kills 20
+    .venv/bin/python -m reliability --quick              # one of each, a smoke run
+
+Each section is a function `(Context) -> str` (markdown) registered in `SECTIONS`; add
+a section (load, soak, ...) by writing one and listing it there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib.util
+import os
+import platform
+import random
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import httpx
+from tests.helpers import free_port
+from tests.hostile_servers import HostileServer
+from tests.test_server import SECRET, Server
+
+from reliability.scenarios import (
+    POLLING_ENV,
+    ROOT,
+    STAGES,
+    KillOutcome,
+    PolicyOutcome,
+    Rig,
+    Tmpfs,
+    backend_fault,
+    kill_after,
+    kill_during,
+    kill_during_callback,
+    models_dir,
+    signature,
+    terminal_calls,
+)
+from voxtrace.devbackend import DevBackend, ServerThread
+
+DATA = ROOT / "tests" / "data"
+KILL_STAGES = [s for s in STAGES if s not in ("init", "assemble")]
+
+
+@dataclass
+class Context:
+    """What every section gets: a scratch directory, the models, the counts asked for."""
+
+    work: Path
+    whisper_models: Path
+    kills: int = 10
+    hostile_reps: int = 3
+    backend_reps: int = 3
+    disk_reps: int = 1
+    seed: int = 1
+    log: Callable[[str], None] = print
+    notes: list[str] = field(default_factory=list)
+
+    def scratch(self, name: str) -> Path:
+        path = self.work / f"{name}-{time.time_ns()}"
+        path.mkdir(parents=True)
+        return path
+
+
+@contextmanager
+def _backend() -> Iterator[tuple[DevBackend, ServerThread]]:
+    receiver = DevBackend(secret=SECRET)
+    thread = ServerThread(receiver.app).start()
+    try:
+        yield receiver, thread
+    finally:
+        thread.stop()
+
+
+@contextmanager
+def _files(root: Path, **kwargs: Any) -> Iterator[HostileServer]:
+    server = HostileServer(root, **kwargs).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@contextmanager
+def _server(data_dir: Path, backend_url: str, models: Path, **env: str) -> Iterator[Server]:
+    srv = Server(data_dir, backend_url, models, **{**POLLING_ENV, **env}).start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+def _pct(n: int, total: int) -> str:
+    return f"{n}/{total}" if total else "0/0"
+
+
+def _seconds(values: list[float]) -> str:
+    values = [v for v in values if v >= 0]
+    if not values:
+        return "-"
+    return f"median {statistics.median(values):.1f} s, max {max(values):.1f} s"
+
+
+# ------------------------------------------------------------------------- kills
+
+
+def section_kills(ctx: Context) -> str:
+    """kill -9 of the server / of a worker: in every stage, at random moments, and while
+    the terminal callback is in flight."""
+    rng = random.Random(ctx.seed)
+    root = ctx.scratch("kill-files")
+    (root / "sample.mp4").write_bytes((DATA / "sample.mp4").read_bytes())
+    models, diarizer = models_dir(ctx.whisper_models, ctx.scratch("kill-models"))
+    outcomes: list[KillOutcome] = []
+    with _files(root, slow_bytes_per_s=50_000) as files, _backend() as (receiver, thread):
+        data_dir = ctx.scratch("kill-serve")
+        with _server(data_dir, thread.url, models) as srv:
+            rig = Rig(srv, files, receiver, data_dir)
+            url = files.url("slow", "sample.mp4")
+            started = time.monotonic()
+            job_id = rig.submit(url)
+            (end,) = terminal_calls(rig.wait_terminal(job_id))
+            run_s = time.monotonic() - started
+            baseline = signature(end.body["result"])
+            ctx.log(f"kills: baseline run {run_s:.1f} s, {len(baseline)} segments")
+            for target in ("serve", "worker"):
+                for stage in KILL_STAGES:
+                    outcome = kill_during(rig, url, stage, target, baseline)
+                    ctx.log(f"kills: {target} in {stage}: {outcome}")
+                    outcomes.append(outcome)
+                    srv.wait_ready(90)
+            for i in range(ctx.kills):
+                target = "serve" if i % 2 == 0 else "worker"
+                delay = rng.uniform(0.0, 0.8 * run_s)  # run_s includes the wait for a worker
+                outcome = kill_after(rig, url, delay, target, baseline)
+                ctx.log(f"kills: {target} after {delay:.1f} s: {outcome}")
+                outcomes.append(outcome)
+                srv.wait_ready(90)
+            for _ in range(2):
+                outcome = kill_during_callback(rig, url, baseline)
+                ctx.log(f"kills: during callback: {outcome}")
+                outcomes.append(outcome)
+                srv.wait_ready(90)
+    lines = [
+        "## kill -9 (server and worker)",
+        "",
+        f"Input: `tests/data/sample.mp4` (18.7 s, served at 50 kB/s so that the audio stage "
+        f"lasts ~2.5 s); diarizer {'loaded' if diarizer else 'absent (speakers stage is instant)'}"
+        f". Baseline: one undisturbed run; every disturbed run is compared with it "
+        "(segment text, speaker, word start/end).",
+        "",
+        "| target | wanted | hit (progress) | status | terminal callbacks (distinct) "
+        "| identical | attempts | temp files left | kill → terminal |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for o in outcomes:
+        lines.append(
+            f"| {o.target} | {o.stage_wanted} | {o.stage_hit} ({o.progress_at_kill}) "
+            f"| {o.status} | {o.terminal_calls} ({o.distinct_terminal}) "
+            f"| {'yes' if o.identical else '**NO**'} | {o.attempts} "
+            f"| {'none' if o.work_empty else '**yes**'} | {o.recovery_s:.1f} s |"
+        )
+    total = len(outcomes)
+    one = sum(o.distinct_terminal == 1 for o in outcomes)
+    exactly = sum(o.terminal_calls == 1 for o in outcomes)
+    same = sum(o.identical for o in outcomes)
+    clean = sum(o.work_empty for o in outcomes)
+    missed = sum(o.stage_hit == "-" for o in outcomes)
+    lines += [
+        "",
+        f"- exactly one terminal outcome (one distinct terminal body): **{_pct(one, total)}**",
+        f"- exactly one terminal callback received: {_pct(exactly, total)} (the rest: the "
+        "same callback repeated after a kill during its delivery; at-least-once, same "
+        "bytes and Idempotency-Key, answered `already_completed`)",
+        f"- result identical to the undisturbed run: **{_pct(same, total)}**",
+        f"- no temp file left in `data_dir/work`: **{_pct(clean, total)}**",
+        f"- kills that came too late (job already finished): {missed}",
+        f"- kill → terminal callback: {_seconds([o.recovery_s for o in outcomes])}",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------- hostile
+
+
+def _corpus_script() -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "make_hostile_corpus", ROOT / "scripts" / "make_hostile_corpus.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def section_hostile(ctx: Context) -> str:
+    """Every corpus file and every hostile server behaviour, through the real server."""
+    script = _corpus_script()
+    corpus = ctx.scratch("corpus")
+    script.make_corpus(corpus)
+    cases: list[tuple[str, str, str]] = []  # (kind, name, expected)
+    for item in script.ITEMS:
+        expected = item.error_code or item.outcome
+        if item.needs_short_cap:
+            expected = "completed"  # the server runs with the default 60 min cap
+        cases.append(("file", item.name, expected))
+    cases += [
+        ("reset", "speech.wav", "DOWNLOAD_ERROR"),
+        ("short", "speech.wav", "DOWNLOAD_ERROR"),
+        ("endless", "", "DOWNLOAD_ERROR"),
+        ("trickle", "speech.wav", "DOWNLOAD_ERROR"),
+    ]
+    rows: dict[tuple[str, str], list[tuple[str, float, bool, int]]] = {}
+    with _files(corpus) as files, _backend() as (receiver, thread):
+        data_dir = ctx.scratch("hostile-serve")
+        env = {
+            "VOXTRACE_DOWNLOAD_TIMEOUT_S": "2",
+            "VOXTRACE_DOWNLOAD_TOTAL_TIMEOUT_S": "4",
+            "VOXTRACE_MAX_DOWNLOAD_BYTES": str(4 * 1024 * 1024),
+            "VOXTRACE_JOB_TIMEOUT_S": "30",
+        }
+        with _server(data_dir, thread.url, ctx.whisper_models, **env) as srv:
+            rig = Rig(srv, files, receiver, data_dir)
+            for rep in range(ctx.hostile_reps):
+                for kind, name, _expected in cases:
+                    started = time.time()
+                    job_id = rig.submit(files.url(kind, name))
+                    ends = terminal_calls(rig.wait_terminal(job_id, 240))
+                    got = ends[0].body.get("error_code") or ends[0].body["status"]
+                    rows.setdefault((kind, name), []).append(
+                        (got, ends[0].at - started, rig.work_empty(), len(ends))
+                    )
+                    ctx.log(f"hostile {rep}: {kind}/{name}: {got}")
+                srv.wait_ready(90)
+    lines = [
+        "## Hostile media and hostile file servers (through `voxtrace serve`)",
+        "",
+        "Corpus: `scripts/make_hostile_corpus.py` (ffmpeg-generated at run time). Server "
+        "settings: download inactivity timeout 2 s, total download deadline 4 s, max download "
+        "4 MB, job time limit 30 s, "
+        "media cap 60 min (default).",
+        "",
+        "| input | expected | got (each run) | right | terminal callbacks | temp files left "
+        "| submit → terminal |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    right_total = runs_total = 0
+    for kind, name, expected in cases:
+        runs = rows.get((kind, name), [])
+        got = [g for g, _, _, _ in runs]
+        right = sum(g in expected.split("|") for g in got)
+        right_total += right
+        runs_total += len(runs)
+        left = sum(not clean for _, _, clean, _ in runs)
+        n_ends = {n for _, _, _, n in runs}
+        lines.append(
+            f"| {kind}/{name} | {expected} | {', '.join(sorted(set(got)))} "
+            f"| {_pct(right, len(runs))} | {sorted(n_ends)} | {left} "
+            f"| {_seconds([t for _, t, _, _ in runs])} |"
+        )
+    lines += ["", f"- right outcome: **{_pct(right_total, runs_total)}**", ""]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------- backend
+
+
+def section_backend(ctx: Context) -> str:
+    """Callback delivery against a backend that is down, slow, flapping or answers
+    500/429/404."""
+    modes = ["500", "429", "flapping", "slow", "404", "down"]
+    root = ctx.scratch("backend-files")
+    (root / "silence.mp4").write_bytes((DATA / "silence.mp4").read_bytes())
+    results: list[PolicyOutcome] = []
+    with _files(root) as files, _backend() as (receiver, thread):
+        dead = f"http://127.0.0.1:{free_port()}"
+        data_dir = ctx.scratch("backend-serve")
+        env = {
+            "VOXTRACE_SEND_PROGRESS": "false",
+            "VOXTRACE_CALLBACK_TIMEOUT_S": "1",
+            "VOXTRACE_CALLBACK_RETRY_WINDOW_S": "6",
+            "VOXTRACE_CALLBACK_ALLOWLIST": dead,
+        }
+        with _server(data_dir, thread.url, ctx.whisper_models, **env) as srv:
+            rig = Rig(srv, files, receiver, data_dir)
+            for _ in range(ctx.backend_reps):
+                for mode in modes:
+                    outcome = backend_fault(rig, files.url("file", "silence.mp4"), mode, dead)
+                    ctx.log(f"backend: {outcome}")
+                    results.append(outcome)
+    policy = {
+        "500": "retried (5xx), then delivered",
+        "429": "retried, then delivered",
+        "flapping": "503 then OK: retried, delivered",
+        "slow": "timeouts (answer after 2 s > 1 s timeout) retried; delivered once it recovers",
+        "404": "given up after one attempt",
+        "down": "connection refused: retried with backoff until the 6 s window closes",
+    }
+    lines = [
+        "## Callback delivery against a misbehaving backend",
+        "",
+        "Server: progress callbacks off (faults hit the terminal callback), callback timeout "
+        "1 s, retry window 6 s, backoff base 0.2 s cap 1 s. The job stays `completed` in "
+        "`GET /api/jobs/{id}` whatever the delivery; `callbacks[]` shows the delivery.",
+        "",
+        "| mode | expected | states | attempts | last_error | backend received "
+        "| backend's job state |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for mode in modes:
+        runs = [r for r in results if r.mode == mode]
+        lines.append(
+            f"| {mode} | {policy[mode]} | {', '.join(sorted({r.state for r in runs}))} "
+            f"| {sorted({r.attempts for r in runs})} "
+            f"| {', '.join(sorted({str(r.last_error) for r in runs}))} "
+            f"| {sorted({r.received for r in runs})} "
+            f"| {', '.join(sorted({r.backend_status for r in runs}))} |"
+        )
+    completed = sum(r.job_status == "completed" for r in results)
+    lines += [
+        "",
+        f"- job status unaffected by delivery: {_pct(completed, len(results))}",
+        "- `slow`: every timed-out request was still processed by the backend, so it "
+        "received the terminal callback several times (same bytes, same Idempotency-Key; "
+        "the validated endpoint answers the repeats `already_completed`).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------- disk
+
+
+def section_disk(ctx: Context) -> str:
+    """A nearly full data directory (a real 40 MB tmpfs)."""
+    import subprocess
+
+    lines = ["## Disk nearly full (data directory on a 40 MB tmpfs)", ""]
+    disk = Tmpfs(ctx.scratch("disk") / "data", size_mb=40)
+    why_not = disk.mount()
+    if why_not:
+        return "\n".join([*lines, f"Skipped: {why_not}.", ""])
+    root = ctx.scratch("disk-files")
+    for name in ("sample.mp4", "silence.mp4"):
+        (root / name).write_bytes((DATA / name).read_bytes())
+    subprocess.run(
+        ["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
+         "anullsrc=r=8000:cl=mono", "-t", "1800", "-c:a", "flac", str(root / "long.flac")],
+        check=True,
+    )  # fmt: skip
+    rows: list[str] = []
+    try:
+        with _files(root) as files, _backend() as (receiver, thread):
+            env = {"VOXTRACE_MIN_FREE_DISK_MB": "10"}
+            with _server(disk.path, thread.url, ctx.whisper_models, **env) as srv:
+                rig = Rig(srv, files, receiver, disk.path)
+                for _ in range(ctx.disk_reps):
+                    for label, leave_mb, name in (
+                        ("5 MB free (< 10 MB floor)", 5.0, "sample.mp4"),
+                        ("14 MB free; decoding needs ~58 MB", 14.0, "long.flac"),
+                        ("space freed", -1.0, "silence.mp4"),
+                    ):
+                        (disk.path / "filler.bin").unlink(missing_ok=True)
+                        if leave_mb >= 0:
+                            disk.fill(leave_mb)
+                        job_id = rig.submit(files.url("file", name))
+                        ends = terminal_calls(rig.wait_terminal(job_id, 120))
+                        job = rig.job(job_id)
+                        got = ends[0].body.get("error_code") or ends[0].body["status"]
+                        ok = httpx.get(f"{srv.url}/health", timeout=5).status_code
+                        rows.append(
+                            f"| {label} | {name} | {got} | {job['attempts']} "
+                            f"| {len(ends)} | {'none' if rig.work_empty() else '**yes**'} "
+                            f"| {ok} |"
+                        )
+                        ctx.log(f"disk: {label}: {got}")
+    finally:
+        disk.unmount()
+    lines += [
+        "`VOXTRACE_MIN_FREE_DISK_MB=10`. A filler file leaves the stated free space.",
+        "",
+        "| disk | input | outcome | attempts | terminal callbacks | temp files left | /health |",
+        "|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def section_load(ctx: Context) -> str:
+    from reliability.load import run_load
+
+    return run_load()
+
+
+def section_soak(ctx: Context) -> str:
+    from reliability.soak import run_soak
+
+    return run_soak(models_dir=ctx.whisper_models)
+
+
+SECTIONS: dict[str, Callable[[Context], str]] = {
+    "kills": section_kills,
+    "hostile": section_hostile,
+    "backend": section_backend,
+    "disk": section_disk,
+    "load": section_load,
+    "soak": section_soak,
+}
+
+
+def _whisper_models(work: Path) -> Path:
+    bundled = ROOT / "data" / "models"
+    if (bundled / "whisper-base").is_dir():
+        return bundled
+    from voxtrace.models import ensure_bundled_whisper_base
+
+    path = work / "models"
+    ensure_bundled_whisper_base(path)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m reliability", description=__doc__)
+    parser.add_argument("--sections", default=",".join(SECTIONS))
+    parser.add_argument("--kills", type=int, default=10, help="random-moment kills")
+    parser.add_argument("--hostile-reps", type=int, default=3)
+    parser.add_argument("--backend-reps", type=int, default=3)
+    parser.add_argument("--disk-reps", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--quick", action="store_true", help="one of each")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "reliability.md")
+    args = parser.parse_args(argv)
+    names = [n.strip() for n in args.sections.split(",") if n.strip()]
+    unknown = set(names) - set(SECTIONS)
+    if unknown:
+        parser.error(f"unknown sections: {sorted(unknown)}")
+    if args.quick:
+        args.kills, args.hostile_reps, args.backend_reps, args.disk_reps = 2, 1, 1, 1
+    given = argv if argv is not None else sys.argv[1:]
+    command = " ".join([".venv/bin/python -m reliability", *map(shlex.quote, given)])
+    with tempfile.TemporaryDirectory(prefix="voxtrace-reliability-") as tmp:
+        work = Path(tmp)
+        ctx = Context(
+            work=work,
+            whisper_models=_whisper_models(work),
+            kills=args.kills,
+            hostile_reps=args.hostile_reps,
+            backend_reps=args.backend_reps,
+            disk_reps=args.disk_reps,
+            seed=args.seed,
+        )
+        started = time.monotonic()
+        parts = []
+        for name in names:
+            t0 = time.monotonic()
+            body = SECTIONS[name](ctx)
+            parts.append(body + f"\n_Section `{name}` took {time.monotonic() - t0:.0f} s._\n")
+    header = [
+        "# Reliability",
+        "",
+        "Fault injection against the real `voxtrace serve` (real models, real subprocesses, "
+        "kill -9, a real tmpfs), repeated. Produced by:",
+        "",
+        "```",
+        command,
+        "```",
+        "",
+        f"Run {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC on {platform.machine()}, "
+        f"{os.cpu_count()} CPU cores, Python {platform.python_version()}; "
+        f"took {time.monotonic() - started:.0f} s. The scenarios are in "
+        "`reliability/scenarios.py`, shared with `tests/test_faults.py`.",
+        "",
+    ]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(header) + "\n" + "\n".join(parts))
+    print(f"wrote {args.out}")
+    return 0

@@ -1,0 +1,417 @@
+"""Fault scenarios against the real `voxtrace serve`: each returns what it observed.
+
+Shared by `tests/test_faults.py` (which asserts on one run) and `reliability.run`
+(which repeats them and counts). Nothing here asserts; it measures.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from tests.hostile_servers import HostileServer
+from tests.test_server import Server
+
+from voxtrace.devbackend import DevBackend, ReceivedCall
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "tests" / "data"
+
+STAGES: dict[str, tuple[int, int]] = {
+    "init": (0, 10),
+    "audio": (10, 25),
+    "vad": (25, 40),
+    "speakers": (40, 60),
+    "transcript": (60, 75),
+    "analysis": (75, 90),
+    "assemble": (90, 101),
+}
+TERMINAL = frozenset({"completed", "failed"})
+# The scenarios poll the status API every 20 ms: lift the per-client rate limit.
+POLLING_ENV = {"VOXTRACE_RATE_LIMIT_PER_MINUTE": "100000", "VOXTRACE_RATE_LIMIT_BURST": "10000"}
+
+
+def stage_of(progress: int) -> str:
+    return next(name for name, (lo, hi) in STAGES.items() if lo <= progress < hi)
+
+
+def models_dir(whisper_models: Path, dest: Path) -> tuple[Path, bool]:
+    """A model directory for the server: the given Whisper models, plus the exported
+    speaker models from `data/models/speaker` when `make setup` made them (so the
+    speakers stage really runs). Returns (path, has_diarizer)."""
+    speakers = ROOT / "data" / "models" / "speaker"
+    if not (speakers / "speaker-models.json").is_file():
+        return whisper_models, False
+    dest.mkdir(parents=True, exist_ok=True)
+    for child in whisper_models.iterdir():
+        link = dest / child.name
+        if not link.exists():
+            link.symlink_to(child.resolve())
+    if not (dest / "speaker").exists():
+        (dest / "speaker").symlink_to(speakers)
+    return dest, True
+
+
+# ------------------------------------------------------------------------- results
+
+
+def signature(result: dict[str, Any] | None) -> list[Any]:
+    """What must not change when a run is disturbed: text, speakers, word times."""
+    if not result:
+        return []
+    return [
+        (
+            seg["text"],
+            seg["speaker"]["speaker_id"],
+            [(w["word"], w["start"], w["end"]) for w in seg["words"]],
+        )
+        for seg in result["segments"]
+    ]
+
+
+def terminal_calls(calls: list[ReceivedCall]) -> list[ReceivedCall]:
+    return [c for c in calls if c.body.get("status") in TERMINAL]
+
+
+@dataclass
+class Rig:
+    """One `voxtrace serve`, a file server and a backend receiver."""
+
+    srv: Server
+    files: HostileServer
+    receiver: DevBackend
+    data_dir: Path
+
+    def submit(self, url: str, **extra: Any) -> str:
+        job_id = str(uuid.uuid4())
+        self.receiver.register(job_id)
+        answer = self.srv.submit(job_id, url, **extra)
+        if answer.status_code != 200:
+            raise RuntimeError(f"submission refused: {answer.status_code} {answer.text}")
+        return job_id
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        """GET /api/jobs/{id}, riding out a transient non-200 answer."""
+        for _ in range(50):
+            answer = httpx.get(f"{self.srv.url}/api/jobs/{job_id}", timeout=10)
+            if answer.status_code == 200:
+                result: dict[str, Any] = answer.json()
+                return result
+            time.sleep(0.2)
+        raise RuntimeError(f"status query kept failing: {answer.status_code} {answer.text}")
+
+    def wait_terminal(self, job_id: str, timeout_s: float = 180) -> list[ReceivedCall]:
+        self.receiver.wait_for(job_id, set(TERMINAL), timeout_s)
+        time.sleep(0.5)  # anything sent after the terminal callback shows up here
+        return self.receiver.calls_for(job_id)
+
+    def work_empty(self, wait_s: float = 5.0) -> bool:
+        """The worker removes the job's directory just after it reports: allow a moment."""
+        work = self.data_dir / "work"
+        deadline = time.monotonic() + wait_s
+        while True:
+            if not work.exists() or not any(work.iterdir()):
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.1)
+
+    def worker_pid(self, job_id: str) -> int | None:
+        queue = httpx.get(f"{self.srv.url}/api/queue", timeout=5).json()
+        for worker in queue["workers"]:
+            if worker.get("job_id") == job_id and worker.get("state") == "busy":
+                return int(worker["pid"])
+        return None
+
+
+@contextlib.contextmanager
+def running(srv: Server) -> Iterator[Server]:
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+# ------------------------------------------------------------------------- kills
+
+
+@dataclass
+class KillOutcome:
+    target: str  # "serve" | "worker" | "serve-during-callback"
+    stage_wanted: str
+    stage_hit: str  # where the job really was when killed ("-" if it finished first)
+    progress_at_kill: int
+    status: str
+    terminal_calls: int  # terminal callbacks the backend received
+    distinct_terminal: int  # different terminal bodies among them (must be 1)
+    identical: bool  # result equals the undisturbed run's
+    attempts: int
+    work_empty: bool
+    recovery_s: float  # kill -> terminal callback received
+    notes: list[str] = field(default_factory=list)
+
+
+def _finish(
+    rig: Rig, job_id: str, baseline: list[Any], outcome: dict[str, Any], killed_at: float
+) -> KillOutcome:
+    """`killed_at` is wall-clock time (the receiver stamps calls with time.time())."""
+    calls = rig.wait_terminal(job_id)
+    ends = terminal_calls(calls)
+    recovery_s = ends[-1].at - killed_at if ends else -1.0
+    job = rig.job(job_id)
+    results = [c.body.get("result") for c in ends]
+    identical = bool(ends) and all(signature(r) == baseline for r in results)
+    identical = identical and signature(job.get("result")) == baseline
+    return KillOutcome(
+        status=job["status"],
+        terminal_calls=len(ends),
+        distinct_terminal=len({c.raw for c in ends}),
+        identical=identical,
+        attempts=int(job["attempts"]),
+        work_empty=rig.work_empty(),
+        recovery_s=round(max(0.0, recovery_s), 2),
+        **outcome,
+    )
+
+
+def kill_during(rig: Rig, url: str, stage: str, target: str, baseline: list[Any]) -> KillOutcome:
+    """Submit `url`, kill -9 `target` ("serve" or "worker") once the job's progress is in
+    `stage`'s range, restart what needs restarting, and report how the job ended."""
+    lo, _ = STAGES[stage]
+    return _kill_when(rig, url, target, baseline, stage, lambda progress, _s: progress >= lo)
+
+
+def kill_after(rig: Rig, url: str, delay_s: float, target: str, baseline: list[Any]) -> KillOutcome:
+    """Like `kill_during`, at a moment: `delay_s` after a worker took the job."""
+    return _kill_when(
+        rig, url, target, baseline, f"+{delay_s:.1f}s", lambda _p, running_s: running_s >= delay_s
+    )
+
+
+def _kill_when(
+    rig: Rig,
+    url: str,
+    target: str,
+    baseline: list[Any],
+    wanted: str,
+    due: Callable[[int, float], bool],
+    poll_s: float = 0.02,
+) -> KillOutcome:
+    job_id = rig.submit(url)
+    pid: int | None = None
+    deadline = time.monotonic() + 120
+    progress, status = 0, "accepted"
+    processing_since: float | None = None
+    while time.monotonic() < deadline:
+        job = rig.job(job_id)
+        progress, status = int(job["progress"]), str(job["status"])
+        if status in TERMINAL:
+            break
+        if status == "processing" and processing_since is None:
+            processing_since = time.monotonic()
+        if target == "worker" and pid is None and status == "processing":
+            pid = rig.worker_pid(job_id)
+        ready = processing_since is not None and (target == "serve" or pid is not None)
+        if ready and due(progress, time.monotonic() - (processing_since or 0.0)):
+            break
+        time.sleep(poll_s)
+    notes: list[str] = []
+    hit = "-" if status in TERMINAL else stage_of(progress)
+    if hit == "-":
+        notes.append("job finished before the kill")
+    killed_at = time.time()
+    if hit != "-":
+        if target == "serve":
+            rig.srv.kill9()
+            time.sleep(0.5)
+            rig.srv.start()
+        elif pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    out = {
+        "target": target,
+        "stage_wanted": wanted,
+        "stage_hit": hit,
+        "progress_at_kill": progress,
+        "notes": notes,
+    }
+    return _finish(rig, job_id, baseline, out, killed_at)
+
+
+def kill_during_callback(
+    rig: Rig, url: str, baseline: list[Any], delay_s: float = 3.0
+) -> KillOutcome:
+    """kill -9 the server while the terminal callback is in flight; restart.
+
+    The backend turns slow (`delay_s` per answer) the moment the job is seen completed,
+    so the terminal callback, sent within the dispatcher's 0.5 s poll, is still
+    unanswered a second later. The backend still processes that request, and the
+    restarted server sends it again (at-least-once: same bytes, same Idempotency-Key),
+    which the validated endpoint answers `already_completed`.
+    """
+    job_id = rig.submit(url)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if rig.job(job_id)["status"] in TERMINAL:
+            break
+        time.sleep(0.02)
+    rig.receiver.delay_s = delay_s
+    notes: list[str] = []
+    try:
+        time.sleep(min(1.0, delay_s / 3))  # sent, not yet answered
+        if terminal_calls(rig.receiver.calls_for(job_id)):
+            notes.append("missed: the terminal callback was answered before the kill")
+        killed_at = time.time()
+        progress = int(rig.job(job_id)["progress"])
+        rig.srv.kill9()
+    finally:
+        rig.receiver.delay_s = 0.0
+    time.sleep(0.5)
+    rig.srv.start()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # redelivered after the restart?
+        ends = [c for c in rig.job(job_id)["callbacks"] if c["terminal"]]
+        if ends and ends[-1]["state"] != "pending":
+            break
+        time.sleep(0.1)
+    time.sleep(delay_s)  # the backend finishes the request the killed server left behind
+    out = {
+        "target": "serve-during-callback",
+        "stage_wanted": "callback",
+        "stage_hit": "callback",
+        "progress_at_kill": progress,
+        "notes": notes,
+    }
+    outcome = _finish(rig, job_id, baseline, out, killed_at)
+    ends_seen = terminal_calls(rig.receiver.calls_for(job_id))
+    answers = [c.answer_status for c in ends_seen]
+    keys = {c.headers.get("idempotency-key") for c in ends_seen}
+    outcome.notes.append(f"terminal answers {answers}, idempotency keys {len(keys)}")
+    return outcome
+
+
+# ------------------------------------------------------------------ backend faults
+
+
+@dataclass
+class PolicyOutcome:
+    mode: str
+    job_status: str
+    state: str  # the terminal callback's state in GET /api/jobs/{id}
+    attempts: int
+    last_error: str | None
+    received: int  # terminal callbacks the backend received (and processed)
+    backend_status: str  # the job's state as the backend stored it
+    elapsed_s: float
+
+
+def backend_fault(rig: Rig, url: str, mode: str, dead_base_url: str) -> PolicyOutcome:
+    """One job under one callback fault mode; the server must be started with progress
+    callbacks off, a short callback timeout and a short retry window (see test_faults).
+
+    modes: down, slow, flapping, 500, 429, 404.
+    """
+    from tests.hostile_servers import Flapping
+
+    receiver = rig.receiver
+    extra: dict[str, Any] = {}
+    if mode == "down":
+        extra["fastapi_base_url"] = dead_base_url
+    elif mode == "flapping":
+        receiver.faults = Flapping(503)
+    elif mode in ("500", "429", "404"):
+        receiver.faults = [int(mode)] * (1 if mode != "500" else 2)
+    elif mode == "slow":
+        receiver.delay_s = 2.0  # longer than VOXTRACE_CALLBACK_TIMEOUT_S
+    started = time.monotonic()
+    try:
+        job_id = rig.submit(url, **extra)
+        deadline = time.monotonic() + 120
+        cb: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            job = rig.job(job_id)
+            ends = [c for c in job["callbacks"] if c["terminal"]]
+            if ends:
+                cb = ends[-1]
+                if mode == "slow" and cb["attempts"] >= 2:
+                    receiver.delay_s = 0.0  # the backend recovers
+                if cb["state"] != "pending":
+                    break
+            time.sleep(0.1)
+    finally:
+        receiver.faults = []
+        receiver.delay_s = 0.0
+    time.sleep(2.5)  # a slow backend finishes the requests it was still working on
+    received = terminal_calls(receiver.calls_for(job_id))
+    backend_job = receiver.jobs.get(job_id)
+    return PolicyOutcome(
+        mode=mode,
+        job_status=str(job["status"]),
+        state=str(cb.get("state")),
+        attempts=int(cb.get("attempts", 0)),
+        last_error=cb.get("last_error"),
+        received=len(received),
+        backend_status=backend_job.status if backend_job else "-",
+        elapsed_s=round(time.monotonic() - started, 2),
+    )
+
+
+# ------------------------------------------------------------------ disk full
+
+
+class Tmpfs:
+    """A real small filesystem (root only): `mount -t tmpfs -o size=...`."""
+
+    def __init__(self, path: Path, size_mb: int) -> None:
+        self.path = path
+        self.size_mb = size_mb
+        self.mounted = False
+
+    def mount(self) -> str | None:
+        """Mount it; returns why not (not root, mount refused) or None."""
+        if shutil.which("mount") is None:
+            return "no mount command"
+        if os.geteuid() != 0:
+            return "mounting a tmpfs needs root"
+        self.path.mkdir(parents=True, exist_ok=True)
+        proc = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={self.size_mb}m", "tmpfs", str(self.path)],
+            capture_output=True,
+            check=False,
+        )
+        if proc.returncode != 0:
+            return "mount refused: " + proc.stderr.decode(errors="replace").strip()[:200]
+        self.mounted = True
+        return None
+
+    def fill(self, leave_mb: float) -> Path:
+        """Write a filler file so that about `leave_mb` stays free."""
+        filler = self.path / "filler.bin"
+        free = shutil.disk_usage(self.path).free
+        size = max(0, int(free - leave_mb * 2**20))
+        with filler.open("ab") as out:
+            out.truncate(0)
+            block = b"\xa5" * 2**20
+            while size > 0:
+                out.write(block[: min(size, len(block))])
+                size -= len(block)
+        return filler
+
+    def free_mb(self) -> float:
+        return shutil.disk_usage(self.path).free / 2**20
+
+    def unmount(self) -> None:
+        if self.mounted:
+            subprocess.run(["umount", "-l", str(self.path)], capture_output=True, check=False)
+            self.mounted = False

@@ -1,0 +1,183 @@
+"""A real HTTP server that misbehaves on purpose, one behaviour per path prefix.
+
+    /file/NAME          serves NAME honestly (Content-Length, 200)
+    /slow/NAME          serves NAME at `slow_bytes_per_s` (a long "audio" stage)
+    /trickle/NAME       says Content-Length of 1 MB, then sends one byte every
+                        `trickle_interval_s` forever: never idle long enough for a read
+                        timeout, so only a total deadline ends it
+    /reset/NAME         sends half of NAME, then a TCP reset
+    /short/NAME         claims more bytes than it sends, then closes cleanly
+    /endless            no Content-Length, zeros until the client hangs up
+    /status/CODE        answers CODE with an empty body
+
+Handlers stop when `stop()` is called, so a client stuck reading is released.
+Also `Flapping`: a `DevBackend.faults` stand-in that fails every other callback.
+"""
+
+from __future__ import annotations
+
+import http.server
+import socket
+import struct
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Flapping", "HostileServer"]
+
+_CHUNK = 1 << 14
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    server: _Httpd
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        owner = self.server.owner
+        owner.requests.append(self.path)
+        path = self.path.split("?", 1)[0]
+        kind, _, name = path.lstrip("/").partition("/")
+        try:
+            if kind == "status":
+                self._head(int(name), 0)
+                return
+            if kind == "endless":
+                self._endless()
+                return
+            file = owner.root / name
+            if not name or "/" in name or not file.is_file():
+                self._head(404, 0)
+                return
+            data = file.read_bytes()
+            if kind == "file":
+                self._head(200, len(data))
+                self.wfile.write(data)
+            elif kind == "slow":
+                self._head(200, len(data))
+                self._paced(data, owner.slow_bytes_per_s)
+            elif kind == "trickle":
+                self._trickle(data)
+            elif kind == "reset":
+                self._head(200, len(data))
+                self.wfile.write(data[: len(data) // 2])
+                self.wfile.flush()
+                self._reset()
+            elif kind == "short":
+                self._head(200, len(data) + 100_000)
+                self.wfile.write(data)
+                self.wfile.flush()
+                self.close_connection = True
+            else:
+                self._head(404, 0)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up: that is the point of most of these
+
+    def _head(self, status: int, length: int | None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "video/mp4")
+        if length is None:
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        else:
+            self.send_header("Content-Length", str(length))
+        self.end_headers()
+
+    def _paced(self, data: bytes, bytes_per_s: float) -> None:
+        step = max(1, int(bytes_per_s / 20))
+        for i in range(0, len(data), step):
+            if self.server.owner.stopping.is_set():
+                return
+            self.wfile.write(data[i : i + step])
+            self.wfile.flush()
+            time.sleep(step / bytes_per_s)
+
+    def _trickle(self, data: bytes) -> None:
+        owner = self.server.owner
+        self._head(200, 1_000_000)
+        i = 0
+        while not owner.stopping.wait(owner.trickle_interval_s):
+            self.wfile.write(data[i % len(data) : i % len(data) + 1])
+            self.wfile.flush()
+            i += 1
+        self.close_connection = True
+
+    def _endless(self) -> None:
+        self._head(200, None)
+        zeros = b"\0" * _CHUNK
+        while not self.server.owner.stopping.is_set():
+            self.wfile.write(zeros)
+
+    def _reset(self) -> None:
+        """Close with RST instead of FIN: SO_LINGER on, timeout 0."""
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.connection.close()
+        self.close_connection = True
+
+
+class _Httpd(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    owner: HostileServer
+
+
+class HostileServer:
+    """Serves the files of `root` in the ways listed in the module docstring."""
+
+    def __init__(
+        self, root: Path, slow_bytes_per_s: float = 64_000, trickle_interval_s: float = 0.2
+    ) -> None:
+        self.root = root
+        self.slow_bytes_per_s = slow_bytes_per_s
+        self.trickle_interval_s = trickle_interval_s
+        self.stopping = threading.Event()
+        self.requests: list[str] = []
+        self.httpd = _Httpd(("127.0.0.1", 0), _Handler)
+        self.httpd.owner = self
+        self.port = int(self.httpd.server_address[1])
+        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def start(self) -> HostileServer:
+        self._thread.start()
+        return self
+
+    def url(self, kind: str, name: str = "") -> str:
+        return f"http://127.0.0.1:{self.port}/{kind}/{name}" if name else self._bare(kind)
+
+    def _bare(self, kind: str) -> str:
+        return f"http://127.0.0.1:{self.port}/{kind}"
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def __enter__(self) -> HostileServer:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+class Flapping(list[int]):
+    """Put in `DevBackend.faults`: every other request answers `status`, the rest pass.
+
+    DevBackend pops one fault per request while the list is truthy; this one is always
+    truthy and alternates between a fault and None (= answer normally).
+    """
+
+    def __init__(self, status: int = 503) -> None:
+        super().__init__()
+        self.status = status
+        self.served = 0
+        self._lock = threading.Lock()
+
+    def __bool__(self) -> bool:
+        return True
+
+    def pop(self, index: Any = -1) -> Any:
+        with self._lock:
+            self.served += 1
+            return self.status if self.served % 2 == 1 else None
