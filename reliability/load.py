@@ -20,9 +20,6 @@ import math
 import multiprocessing
 import os
 import random
-import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -34,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from tests.helpers import ServeProcess
 
 __all__ = [
     "Answer",
@@ -80,83 +78,6 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 def ms(seconds: float) -> str:
     return f"{seconds * 1000:.1f}"
-
-
-# ---------------------------------------------------------------------- the server
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class ServeProcess:
-    """`voxtrace serve` in a subprocess on 127.0.0.1, as an operator runs it."""
-
-    def __init__(self, data_dir: Path, **env: str | int | float) -> None:
-        self.data_dir = data_dir
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = data_dir / "serve.log"
-        self.env = {
-            **os.environ,
-            "VOXTRACE_DATA_DIR": str(data_dir),
-            "VOXTRACE_WORKERS": "0",
-            "BACKEND_URL": "http://127.0.0.1:9",  # nothing is called back without workers
-            **{key: str(value) for key, value in env.items()},
-        }
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    @property
-    def store_path(self) -> Path:
-        return self.data_dir / "voxtrace.db"
-
-    def start(self, ready_timeout_s: float = 120) -> ServeProcess:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        command = [sys.executable, "-m", "voxtrace.cli", "--log-level", "WARNING", "serve"]
-        command += ["--host", "127.0.0.1", "--port", str(self.port)]
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(command, env=self.env, stdout=log, stderr=log)
-        deadline = time.monotonic() + ready_timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError("voxtrace serve exited:\n" + self.log_tail())
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).json().get("ready"):
-                    return self
-            except (httpx.HTTPError, ValueError):
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError("voxtrace serve not ready:\n" + self.log_tail())
-
-    def log_tail(self, chars: int = 3000) -> str:
-        return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
-
-    def stop(self) -> int | None:
-        """SIGTERM (a graceful stop), then SIGKILL if it hangs; returns the exit code."""
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        return self.proc.returncode
-
-    def __enter__(self) -> ServeProcess:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 # ---------------------------------------------------------------------- the clients

@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import functools
 import http.server
+import os
 import re
+import signal
 import socket
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
+from typing import Any
 
-__all__ = ["FileServer", "free_port", "normalise_text"]
+import httpx
+
+__all__ = ["FileServer", "ServeProcess", "free_port", "normalise_text"]
+
+SUBMIT = "/api/upload-video/process-video"
 
 
 def free_port() -> int:
@@ -48,3 +58,94 @@ class FileServer:
     def stop(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+class ServeProcess:
+    """`voxtrace serve` in a subprocess on 127.0.0.1, as an operator runs it.
+
+    Without overrides it runs the API alone (no workers, nobody to call back); `env`
+    adds or overrides environment variables (settings).
+    """
+
+    def __init__(self, data_dir: Path, **env: str | int | float | Path) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = data_dir / "serve.log"
+        self.env = {
+            **os.environ,
+            "VOXTRACE_DATA_DIR": str(data_dir),
+            "VOXTRACE_WORKERS": "0",
+            "BACKEND_URL": "http://127.0.0.1:9",
+            **{key: str(value) for key, value in env.items()},
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    @property
+    def store_path(self) -> Path:
+        return self.data_dir / "voxtrace.db"
+
+    def start(self, ready_timeout_s: float = 120) -> ServeProcess:
+        """Start (or restart, after kill9) and wait until /health says ready."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        command = [sys.executable, "-m", "voxtrace.cli", "serve"]
+        command += ["--host", "127.0.0.1", "--port", str(self.port)]
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(command, env=self.env, stdout=log, stderr=log)
+        self.wait_ready(ready_timeout_s)
+        return self
+
+    def wait_ready(self, timeout_s: float = 120) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc is None or self.proc.poll() is not None:
+                raise RuntimeError("voxtrace serve exited:\n" + self.log_tail())
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).json().get("ready"):
+                    return
+            except (httpx.HTTPError, ValueError):
+                pass
+            time.sleep(0.2)
+        raise RuntimeError("voxtrace serve not ready:\n" + self.log_tail())
+
+    def log_tail(self, chars: int = 3000) -> str:
+        return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
+
+    def submit(self, job_id: str, video_url: str, **extra: Any) -> httpx.Response:
+        """Submit as the deployed backend does (its extra keys included)."""
+        body = {"job_id": job_id, "video_url": video_url, "fastapi_base_url": None}
+        body |= {"language": "auto", **extra}
+        return httpx.post(f"{self.url}{SUBMIT}", json=body, timeout=10)
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = httpx.get(f"{self.url}/api/jobs/{job_id}", timeout=10).json()
+        return result
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> int | None:
+        """SIGTERM (a graceful stop), then SIGKILL if it hangs; returns the exit code."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        return self.proc.returncode
+
+    def __enter__(self) -> ServeProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

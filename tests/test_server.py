@@ -6,21 +6,16 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import jiwer
 import pytest
 
-from tests.helpers import FileServer, free_port, normalise_text
+from tests.helpers import FileServer, ServeProcess, free_port, normalise_text
 from voxtrace.devbackend import DevBackend, ReceivedCall, ServerThread
 
 DATA = Path(__file__).parent / "data"
@@ -31,17 +26,13 @@ SUBMIT = "/api/upload-video/process-video"
 pytestmark = pytest.mark.slow
 
 
-class Server:
-    """`voxtrace serve` in a subprocess, as an operator runs it."""
+class Server(ServeProcess):
+    """`voxtrace serve` set up for end-to-end runs: one worker, signed callbacks to the
+    deployed backend's validated endpoint, short heartbeats and backoffs."""
 
     def __init__(self, data_dir: Path, backend_url: str, models_path: Path, **env: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = data_dir / f"serve-{time.time_ns()}.log"
-        self.env = {
-            **os.environ,
+        defaults = {
             "BACKEND_URL": backend_url,
-            "VOXTRACE_DATA_DIR": str(data_dir),
             "VOXTRACE_MODEL_DIR": str(models_path),
             "VOXTRACE_ALLOW_HTTP_HOSTS": "127.0.0.1",
             "VOXTRACE_CALLBACK_PATH": RESULT_PATH,
@@ -51,70 +42,8 @@ class Server:
             "VOXTRACE_LEASE_S": "10",
             "VOXTRACE_CALLBACK_BACKOFF_BASE_S": "0.2",
             "VOXTRACE_CALLBACK_BACKOFF_CAP_S": "1",
-            **env,
         }
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self, wait_ready: bool = True) -> Server:
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "voxtrace.cli",
-                    "serve",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(self.port),
-                ],
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        if wait_ready:
-            self.wait_ready()
-        return self
-
-    def wait_ready(self, timeout_s: float = 120) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            assert self.proc is not None and self.proc.poll() is None, self.log.read_text()[-3000:]
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).json().get("ready"):
-                    return
-            except (httpx.HTTPError, ValueError):
-                pass
-            time.sleep(0.3)
-        raise AssertionError("server not ready:\n" + self.log.read_text()[-3000:])
-
-    def submit(self, job_id: str, video_url: str, **extra: Any) -> httpx.Response:
-        body = {
-            "job_id": job_id,
-            "video_url": video_url,
-            "fastapi_base_url": None,
-            "language": "auto",
-            **extra,
-        }
-        return httpx.post(f"{self.url}{SUBMIT}", json=body, timeout=10)
-
-    def job(self, job_id: str) -> dict[str, Any]:
-        result: dict[str, Any] = httpx.get(f"{self.url}/api/jobs/{job_id}", timeout=10).json()
-        return result
-
-    def kill9(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        super().__init__(data_dir, **{**defaults, **env})
 
 
 @pytest.fixture(scope="module")
