@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from voxtrace.errors import DownloadError
-from voxtrace.pipeline.fetch import FetchOptions, fetch, filename_from_url, redact_url
+from voxtrace.logs import redact_url
+from voxtrace.pipeline.fetch import FetchOptions, fetch, filename_from_url
 
 BODY = b"\x00\x01fake-video-bytes" * 1000  # 18 kB
 

@@ -11,10 +11,9 @@ from typing import Any
 
 import pytest
 
-from voxtrace.api.schemas import redact_url
 from voxtrace.config import get_settings
 from voxtrace.errors import DownloadError
-from voxtrace.logs import RedactingFilter
+from voxtrace.logs import RedactingFilter, redact_url
 from voxtrace.pipeline.fetch import FetchOptions, fetch
 
 SIGNATURE = "f00dfacef00dfacef00dface"

@@ -6,8 +6,9 @@ import logging
 import re
 import sys
 from collections.abc import Iterable
+from urllib.parse import urlsplit, urlunsplit
 
-__all__ = ["RedactingFilter", "configure_logging"]
+__all__ = ["RedactingFilter", "configure_logging", "redact_url"]
 
 # A URL's query string may hold a presigned signature or credentials: never log it.
 _URL_QUERY = re.compile(r"(https?://[^\s?#\"']+)\?[^\s\"']*")
@@ -18,6 +19,20 @@ _SIGNING_PARAM = re.compile(
 )
 _REDACTED = "<redacted>"
 _MIN_SECRET_CHARS = 4  # shorter "secrets" would redact ordinary words
+
+
+def redact_url(url: str) -> str:
+    """scheme://host[:port]/path: no credentials, no query string (presigned signatures).
+
+    Safe for logs, job records and messages; never raises (a bad port included).
+    """
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        netloc = f"{host}:{parts.port}" if parts.port else host
+    except ValueError:
+        return "<invalid url>"
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 class RedactingFilter(logging.Filter):

@@ -28,7 +28,6 @@ from voxtrace.api.schemas import (
     ProcessVideoAccepted,
     ProcessVideoRequest,
     QueuePublic,
-    redact_url,
 )
 from voxtrace.config import Settings
 from voxtrace.domain import JobOptions, JobStatus, NewJob
@@ -39,6 +38,7 @@ from voxtrace.errors import (
     Unauthorized,
     VoxtraceError,
 )
+from voxtrace.logs import redact_url
 from voxtrace.netpolicy import host_matches
 from voxtrace.store.base import JobStore
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import re
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from voxtrace.domain import Job
+from voxtrace.logs import redact_url
 from voxtrace.netpolicy import ip_literal, is_forbidden_address
 
 __all__ = [
@@ -19,7 +20,6 @@ __all__ = [
     "ProcessVideoAccepted",
     "ProcessVideoRequest",
     "QueuePublic",
-    "redact_url",
 ]
 
 JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
@@ -31,17 +31,6 @@ VIDEO_URL_PATTERN = (
     r"^[Hh][Tt][Tt][Pp][Ss]?://[A-Za-z0-9][A-Za-z0-9.-]*(?::" + _PORT + r")?(?:[/?#]\S*)?$"
 )
 _LANGUAGE = re.compile(r"^[a-z]{2,3}$")
-
-
-def redact_url(url: str) -> str:
-    """Drop credentials and the query string (presigned signatures) from a URL."""
-    try:  # `.port` raises too, on a port out of range: a log line must never fail a request
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        netloc = f"{host}:{parts.port}" if parts.port else host
-    except ValueError:
-        return "<invalid url>"
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 class ProcessVideoRequest(BaseModel):

@@ -27,10 +27,11 @@ from urllib.parse import unquote, urljoin, urlsplit
 import httpx
 
 from voxtrace.errors import DownloadError, InsufficientResources
+from voxtrace.logs import redact_url
 from voxtrace.pipeline import netguard
 from voxtrace.pipeline.s3 import S3Options, is_presigned, object_auth, presigned_expired
 
-__all__ = ["DEFAULT_FILENAME", "FetchOptions", "fetch", "filename_from_url", "redact_url"]
+__all__ = ["DEFAULT_FILENAME", "FetchOptions", "fetch", "filename_from_url"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,13 +59,6 @@ class FetchOptions:
     # redirect target elsewhere. Unsigned S3 object URLs get one from `s3`.
     auth: httpx.Auth | None = None
     s3: S3Options | None = None
-
-
-def redact_url(url: str) -> str:
-    """scheme://host/path only: safe for logs (query strings hold signatures)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    return f"{parts.scheme}://{host}{parts.path}"
 
 
 def filename_from_url(url: str) -> str:
