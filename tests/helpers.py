@@ -90,14 +90,15 @@ class ServeProcess:
     def store_path(self) -> Path:
         return self.data_dir / "voxtrace.db"
 
-    def start(self, ready_timeout_s: float = 120) -> ServeProcess:
+    def start(self, ready_timeout_s: float = 120, wait: bool = True) -> ServeProcess:
         """Start (or restart, after kill9) and wait until /health says ready."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         command = [sys.executable, "-m", "voxtrace.cli", "serve"]
         command += ["--host", "127.0.0.1", "--port", str(self.port)]
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(command, env=self.env, stdout=log, stderr=log)
-        self.wait_ready(ready_timeout_s)
+        if wait:
+            self.wait_ready(ready_timeout_s)
         return self
 
     def wait_ready(self, timeout_s: float = 120) -> None:

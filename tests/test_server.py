@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import jiwer
 import pytest
 
@@ -291,5 +292,28 @@ def test_worker_over_its_memory_cap_fails_the_job_and_is_replaced(
         assert srv.job(job_id)["error"]["code"] == "INSUFFICIENT_RESOURCES"
         srv.wait_ready(60)  # a fresh worker took its place
         assert not any((tmp_path / "work").iterdir())
+    finally:
+        srv.stop()
+
+
+def test_a_worker_that_cannot_load_its_model_backs_off_and_health_says_so(
+    tmp_path: Path, models_path: Path
+) -> None:
+    srv = Server(
+        tmp_path, "http://127.0.0.1:9", models_path, VOXTRACE_WHISPER_MODEL=str(tmp_path / "absent")
+    )
+    srv.start(wait=False)
+    try:
+        time.sleep(12)
+        health = httpx.get(f"{srv.url}/health", timeout=5)
+        assert health.status_code == 200  # the API keeps serving
+        body = health.json()
+        assert body["ready"] is False and body["checks"]["models_loaded"] is False
+        # restarts back off (1, 2, 4 s ...): a worker dies ~1.5 s after its start, so a
+        # restart loop without backoff would start about 8 in 12 s
+        starts = srv.log.read_text().count("started worker")
+        assert 2 <= starts <= 5
+        assert srv.submit("queued-1", "https://example.com/v.mp4").status_code == 200
+        assert srv.job("queued-1")["status"] == "accepted"  # waits for a working worker
     finally:
         srv.stop()

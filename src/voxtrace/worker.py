@@ -422,8 +422,13 @@ class Supervisor:
         if not proc.is_alive():
             log.warning("worker %s exited (code %s)", slot.worker_id, proc.exitcode)
             self._reclaim(slot.worker_id, reason="worker died", owner_dead=True)
-            lived = now - slot.started_at
-            slot.quick_deaths = slot.quick_deaths + 1 if lived < 30 else 0
+            # Back off only for workers that die before they are ready (a broken model,
+            # a bad setting): a worker killed mid-job is replaced at once.
+            ready = any(
+                w.get("worker_id") == slot.worker_id and w.get("models_loaded")
+                for w in self.store.live_workers(since=0)
+            )
+            slot.quick_deaths = 0 if ready else slot.quick_deaths + 1
             slot.restart_at = (
                 now + min(30.0, 0.5 * 2**slot.quick_deaths) if slot.quick_deaths else now
             )
