@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+from scripts.train_emotion import expected_calibration_error, f1_scores
 
 from voxtrace.models.emotion import EMOTION_LABELS, load_emotion_model
 from voxtrace.pipeline.emotion import (
@@ -58,28 +59,6 @@ def _read_test(data_dir: Path) -> tuple[list[str], npt.NDArray[np.int64]]:
     return texts, np.array(labels, dtype=np.int64)
 
 
-def _f1(true: npt.NDArray[np.int64], pred: npt.NDArray[np.int64]) -> list[float]:
-    out = []
-    for c in range(len(EMOTION_LABELS)):
-        tp = int(np.sum((pred == c) & (true == c)))
-        wrong = int(np.sum((pred == c) != (true == c)))
-        out.append(0.0 if tp == 0 else 2 * tp / (2 * tp + wrong))
-    return out
-
-
-def _ece(probs: npt.NDArray[np.float32], true: npt.NDArray[np.int64]) -> float:
-    conf = probs.max(axis=1)
-    correct = probs.argmax(axis=1) == true
-    bins = np.minimum((conf * 10).astype(int), 9)
-    return float(
-        sum(
-            abs(conf[bins == k].mean() - correct[bins == k].mean()) * np.mean(bins == k)
-            for k in range(10)
-            if np.any(bins == k)
-        )
-    )
-
-
 def _fmt(probs: dict[str, float]) -> str:
     top = sorted(probs.items(), key=lambda kv: -kv[1])[:3]
     return ", ".join(f"{k} {v:.2f}" for k, v in top)
@@ -96,13 +75,13 @@ def run(data_dir: Path = DEFAULT_DATA, limit: int | None = None) -> str:
     probs = model.predict_proba(texts)
     ms = 1000 * (time.perf_counter() - started) / len(texts)
     pred = probs.argmax(axis=1)
-    f1 = _f1(true, pred)
+    f1 = [float(x) for x in f1_scores(true, pred)]
     lines += [
         f"GoEmotions test, rows with one Ekman-7 class: {len(texts)} "
         f"(held out; head chosen on dev, temperature {model.head.temperature:.2f} fitted on dev).",
         "",
         f"- accuracy **{np.mean(pred == true):.3f}**, macro-F1 **{np.mean(f1):.3f}**, "
-        f"expected calibration error {_ece(probs, true):.3f}",
+        f"expected calibration error {expected_calibration_error(probs, true):.3f}",
         f"- majority-class baseline accuracy {np.mean(true == np.bincount(true).argmax()):.3f}",
         f"- speed: {ms:.1f} ms per sentence (batched, numpy encoder + head, this CPU)",
         "",

@@ -29,9 +29,8 @@ from types import ModuleType
 from typing import Any
 
 import httpx
-from tests.helpers import free_port
+from tests.helpers import SECRET, Server, free_port
 from tests.hostile_servers import HostileServer
-from tests.test_server import SECRET, Server
 
 from reliability.scenarios import (
     POLLING_ENV,

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from tests.helpers import Server
 from tests.hostile_servers import HostileServer
-from tests.test_server import Server
 
 from voxtrace.devbackend import DevBackend, ReceivedCall
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
+from tests.helpers import SECRET
 from voxtrace.config import get_settings
+from voxtrace.devbackend import DevBackend, ServerThread
 from voxtrace.models import ModelBundle, ensure_bundled_whisper_base, load_whisper
 
 if TYPE_CHECKING:
@@ -41,3 +44,12 @@ def whisper_model(models_path: Path) -> WhisperModel:
 @pytest.fixture(scope="session")
 def bundle(whisper_model: WhisperModel) -> ModelBundle:
     return ModelBundle(whisper=whisper_model)
+
+
+@pytest.fixture(scope="module")
+def backend() -> Iterator[tuple[DevBackend, ServerThread]]:
+    """A real callback receiver (the deployed backend's endpoints), one per test module."""
+    receiver = DevBackend(secret=SECRET)
+    thread = ServerThread(receiver.app).start()
+    yield receiver, thread
+    thread.stop()

@@ -17,9 +17,22 @@ from typing import Any
 
 import httpx
 
-__all__ = ["FileServer", "ServeProcess", "free_port", "normalise_text"]
+from voxtrace.devbackend import ReceivedCall
+
+__all__ = [
+    "RESULT_PATH",
+    "SECRET",
+    "FileServer",
+    "ServeProcess",
+    "Server",
+    "free_port",
+    "normalise_text",
+    "terminal",
+]
 
 SUBMIT = "/api/upload-video/process-video"
+SECRET = "test-secret"  # the callback HMAC secret the end-to-end servers sign with
+RESULT_PATH = "/api/upload-video/result"  # the deployed backend's validated endpoint
 
 
 def free_port() -> int:
@@ -150,3 +163,28 @@ class ServeProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class Server(ServeProcess):
+    """`voxtrace serve` set up for end-to-end runs: one worker, signed callbacks to the
+    deployed backend's validated endpoint, short heartbeats and backoffs."""
+
+    def __init__(self, data_dir: Path, backend_url: str, models_path: Path, **env: str) -> None:
+        defaults = {
+            "BACKEND_URL": backend_url,
+            "VOXTRACE_MODEL_DIR": str(models_path),
+            "VOXTRACE_ALLOW_HTTP_HOSTS": "127.0.0.1",
+            "VOXTRACE_CALLBACK_PATH": RESULT_PATH,
+            "VOXTRACE_CALLBACK_SECRET": SECRET,
+            "VOXTRACE_WORKERS": "1",
+            "VOXTRACE_HEARTBEAT_S": "5",
+            "VOXTRACE_LEASE_S": "10",
+            "VOXTRACE_CALLBACK_BACKOFF_BASE_S": "0.2",
+            "VOXTRACE_CALLBACK_BACKOFF_CAP_S": "1",
+        }
+        super().__init__(data_dir, **{**defaults, **env})
+
+
+def terminal(calls: list[ReceivedCall]) -> list[ReceivedCall]:
+    """The `completed`/`failed` callbacks among those a backend received."""
+    return [c for c in calls if c.body.get("status") in ("completed", "failed")]

@@ -26,9 +26,8 @@ from reliability.scenarios import (
     terminal_calls,
 )
 
-from tests.helpers import free_port
+from tests.helpers import SECRET, Server, free_port
 from tests.hostile_servers import HostileServer
-from tests.test_server import SECRET, Server
 from voxtrace.devbackend import DevBackend, ServerThread
 
 DATA = Path(__file__).parent / "data"
@@ -48,24 +47,16 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HostileServer]:
 
 
 @pytest.fixture(scope="module")
-def receiver() -> Iterator[tuple[DevBackend, ServerThread]]:
-    backend = DevBackend(secret=SECRET)
-    thread = ServerThread(backend.app).start()
-    yield backend, thread
-    thread.stop()
-
-
-@pytest.fixture(scope="module")
 def rig(
     tmp_path_factory: pytest.TempPathFactory,
     files: HostileServer,
-    receiver: tuple[DevBackend, ServerThread],
+    backend: tuple[DevBackend, ServerThread],
     models_path: Path,
 ) -> Iterator[Rig]:
     models, _ = models_dir(models_path, tmp_path_factory.mktemp("models-diarize"))
     data_dir = tmp_path_factory.mktemp("faults")
-    srv = Server(data_dir, receiver[1].url, models, **POLLING_ENV).start()
-    yield Rig(srv, files, receiver[0], data_dir)
+    srv = Server(data_dir, backend[1].url, models, **POLLING_ENV).start()
+    yield Rig(srv, files, backend[0], data_dir)
     srv.stop()
 
 
@@ -184,19 +175,19 @@ def test_callback_delivery_policy(
 def test_disk_nearly_full_fails_cleanly_then_recovers(
     tmp_path: Path,
     files: HostileServer,
-    receiver: tuple[DevBackend, ServerThread],
+    backend: tuple[DevBackend, ServerThread],
     models_path: Path,
 ) -> None:
     disk = Tmpfs(tmp_path / "data", size_mb=40)
     why_not = disk.mount()
     if why_not:
         pytest.skip(f"cannot make a small filesystem: {why_not}")
-    backend, thread = receiver
+    receiver_app, thread = backend
     srv = Server(disk.path, thread.url, models_path, VOXTRACE_MIN_FREE_DISK_MB="10", **POLLING_ENV)
     try:
         srv.start()
         filler = disk.fill(leave_mb=5)
-        rig = Rig(srv, files, backend, disk.path)
+        rig = Rig(srv, files, receiver_app, disk.path)
 
         # below the free-space floor: refused before any download
         job_id = rig.submit(files.url("file", "sample.mp4"))

@@ -199,7 +199,7 @@ def test_trickling_server_is_cut_off_by_a_total_deadline(corpus: Path, tmp_path:
 
 @pytest.fixture(scope="module")
 def backend() -> Iterator[tuple[DevBackend, ServerThread]]:
-    from tests.test_server import SECRET
+    from tests.helpers import SECRET
 
     receiver = DevBackend(secret=SECRET)
     thread = ServerThread(receiver.app).start()
@@ -228,7 +228,7 @@ def test_hostile_inputs_through_the_real_server(
     backend: tuple[DevBackend, ServerThread],
     models_path: Path,
 ) -> None:
-    from tests.test_server import Server, terminal
+    from tests.helpers import Server, terminal
 
     receiver, thread = backend
     srv = Server(

@@ -16,35 +16,13 @@ import httpx
 import jiwer
 import pytest
 
-from tests.helpers import FileServer, ServeProcess, free_port, normalise_text
+from tests.helpers import SECRET, FileServer, Server, free_port, normalise_text, terminal
 from voxtrace.devbackend import DevBackend, ReceivedCall, ServerThread
 
 DATA = Path(__file__).parent / "data"
-SECRET = "test-secret"
-RESULT_PATH = "/api/upload-video/result"
 SUBMIT = "/api/upload-video/process-video"
 
 pytestmark = pytest.mark.slow
-
-
-class Server(ServeProcess):
-    """`voxtrace serve` set up for end-to-end runs: one worker, signed callbacks to the
-    deployed backend's validated endpoint, short heartbeats and backoffs."""
-
-    def __init__(self, data_dir: Path, backend_url: str, models_path: Path, **env: str) -> None:
-        defaults = {
-            "BACKEND_URL": backend_url,
-            "VOXTRACE_MODEL_DIR": str(models_path),
-            "VOXTRACE_ALLOW_HTTP_HOSTS": "127.0.0.1",
-            "VOXTRACE_CALLBACK_PATH": RESULT_PATH,
-            "VOXTRACE_CALLBACK_SECRET": SECRET,
-            "VOXTRACE_WORKERS": "1",
-            "VOXTRACE_HEARTBEAT_S": "5",
-            "VOXTRACE_LEASE_S": "10",
-            "VOXTRACE_CALLBACK_BACKOFF_BASE_S": "0.2",
-            "VOXTRACE_CALLBACK_BACKOFF_CAP_S": "1",
-        }
-        super().__init__(data_dir, **{**defaults, **env})
 
 
 @pytest.fixture(scope="module")
@@ -56,14 +34,6 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FileServer]:
     server = FileServer(root).start()
     yield server
     server.stop()
-
-
-@pytest.fixture(scope="module")
-def backend() -> Iterator[tuple[DevBackend, ServerThread]]:
-    receiver = DevBackend(secret=SECRET)
-    thread = ServerThread(receiver.app).start()
-    yield receiver, thread
-    thread.stop()
 
 
 @pytest.fixture(scope="module")
@@ -88,10 +58,6 @@ def submit_and_wait(
     receiver.wait_for(job_id, {"completed", "failed"}, timeout_s)
     time.sleep(0.5)  # anything sent after the terminal callback would show up here
     return job_id, receiver.calls_for(job_id)
-
-
-def terminal(calls: list[ReceivedCall]) -> list[ReceivedCall]:
-    return [c for c in calls if c.body.get("status") in ("completed", "failed")]
 
 
 def test_happy_path_real_speech(
