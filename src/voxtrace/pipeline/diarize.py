@@ -10,6 +10,10 @@
    a cosine threshold calibrated on AMI train excerpts; small clusters are folded into
    large ones, and the hints (known number, or bounds) choose the cut when given. Long
    audio clusters a bounded subsample and assigns the rest, so memory stays bounded.
+   The segmentation bounds the count from below: when it hears N local speakers talk
+   for a second or more each in one window, there are at least N people, and a speaker
+   that clustering merged away is seeded from that window (far-field meetings, where
+   embeddings of two voices drift together, need this).
 4. Reconstruction: each window's local speakers are mapped to distinct global speakers
    and their activity averaged over the overlapping windows; per frame, the N most
    active speakers are kept, N being the segmentation's own count of simultaneous
@@ -92,7 +96,8 @@ class DiarizationOptions:
     dense_step_s: float = 2.5  # short audio (1 s, as pyannote 3.1, scored worse here)
     sparse_step_s: float = 5.0  # long audio: bounded cost per minute
     target_windows: int = 120  # the step grows past this many windows
-    clustering_threshold: float = 0.70  # euclidean distance between unit-vector centroids
+    clustering_threshold: float = 0.77  # euclidean distance between unit-vector centroids
+    min_heard_apart_s: float = 1.0  # local speakers of one window this loud are different people
     min_cluster_s: float = 1.0  # clusters with less (de-duplicated) speech are folded in
     min_clean_s: float = 2.0  # embeddings with less single-speaker speech don't vote
     min_embed_s: float = 0.3  # below this a local speaker gets no embedding at all
@@ -216,6 +221,7 @@ def _resolve(
         return _relabel(turns)
     speech_s = _own_speech_s(binarized, step_frames, locals_)
     centroids = _cluster(embeddings, locals_, speech_s, (min_k, max_k), options)
+    centroids = _add_speakers_heard_apart(centroids, embeddings, locals_, binarized, max_k, options)
     while True:
         labels = _assign(embeddings, centroids, locals_)
         activity = _reconstruct(binarized, starts, step_frames, locals_, labels, len(centroids))
@@ -412,6 +418,40 @@ def _cluster(
     if len(large) != target:
         labels, large = _cut_at(tree, target, weights, options.min_cluster_s, train.shape[0])
     centroids = np.stack([train[labels == label].mean(axis=0) for label in large])
+    return _normalise(centroids)
+
+
+def _add_speakers_heard_apart(
+    centroids: FloatArray,
+    embeddings: FloatArray,
+    locals_: list[_LocalSpeaker],
+    binarized: npt.NDArray[np.uint8],
+    max_k: int,
+    options: DiarizationOptions,
+) -> FloatArray:
+    """At least as many speakers as the segmentation hears apart in one window.
+
+    Each local speaker of a window with `min_heard_apart_s` of speech or more is a
+    different person; where clustering found fewer speakers than the busiest such window
+    holds, the window's local speakers no centroid claims become centroids themselves.
+    """
+    loud = binarized.sum(axis=1) * _FRAME_STEP_S >= options.min_heard_apart_s  # (windows, 3)
+    longest: dict[tuple[int, int], int] = {}  # (window, index) -> its longest piece
+    for row, local in enumerate(locals_):
+        key = (local.window, local.index)
+        if loud[key] and (key not in longest or local.active_s > locals_[longest[key]].active_s):
+            longest[key] = row
+    groups: dict[int, list[int]] = {}
+    for (window, _), row in sorted(longest.items()):
+        groups.setdefault(window, []).append(row)
+    need = min(max_k, max((len(rows) for rows in groups.values()), default=0))
+    for rows in sorted(groups.values(), key=len, reverse=True):
+        if len(centroids) >= need:
+            break
+        matched = set(linear_sum_assignment(-(embeddings[rows] @ centroids.T))[0].tolist())
+        for position, row in enumerate(rows):
+            if position not in matched and len(centroids) < need:
+                centroids = np.vstack([centroids, embeddings[row][None]])
     return _normalise(centroids)
 
 
