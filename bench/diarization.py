@@ -346,7 +346,7 @@ def run(
         "",
         "Chosen on ami-trn* by DER: the default threshold sits in the middle of the plateau "
         "(0.74-0.80); the heard-apart bound is what keeps the telephone call at two speakers "
-        "there.",
+        "there. The overlap probability (0.3) was chosen the same way.",
         "",
         *sweep(fixtures_dir, models, calibration_variants(options)),
         "",
@@ -365,7 +365,8 @@ def run(
 
 
 def calibration_variants(base: DiarizationOptions) -> list[tuple[str, DiarizationOptions]]:
-    """The thresholds around the default, and the default without the heard-apart bound."""
+    """The thresholds around the default, the default without the heard-apart bound, and
+    other overlap probabilities."""
     variants = [
         (f"{t:.2f}", dataclasses.replace(base, clustering_threshold=t))
         for t in (0.60, 0.65, 0.70, 0.72, 0.74, 0.77, 0.80, 0.85, 0.90)
@@ -373,6 +374,9 @@ def calibration_variants(base: DiarizationOptions) -> list[tuple[str, Diarizatio
     for t in (0.70, base.clustering_threshold):
         no_bound = dataclasses.replace(base, clustering_threshold=t, min_heard_apart_s=float("inf"))
         variants.append((f"{t:.2f}, no heard-apart bound", no_bound))
+    for p in (0.2, 0.5):
+        overlap = dataclasses.replace(base, overlap_probability=p)
+        variants.append((f"{base.clustering_threshold:.2f}, overlap from p >= {p}", overlap))
     return variants
 
 

@@ -15,9 +15,10 @@
    that clustering merged away is seeded from that window (far-field meetings, where
    embeddings of two voices drift together, need this).
 4. Reconstruction: each window's local speakers are mapped to distinct global speakers
-   and their activity averaged over the overlapping windows; per frame, the N most
-   active speakers are kept, N being the segmentation's own count of simultaneous
-   speakers.
+   and their probabilities averaged over the overlapping windows; per frame, the N
+   likeliest speakers are kept, N being the segmentation's own count of simultaneous
+   voices (two once overlap is 30 % likely: the likeliest class alone misses most of
+   the overlap in meetings).
 
 Speakers left with almost no speech, or heard only where the VAD heard nothing, are
 merged away; ids are numbered by first appearance.
@@ -97,6 +98,7 @@ class DiarizationOptions:
     sparse_step_s: float = 5.0  # long audio: bounded cost per minute
     target_windows: int = 120  # the step grows past this many windows
     clustering_threshold: float = 0.77  # euclidean distance between unit-vector centroids
+    overlap_probability: float = 0.3  # a frame holds two voices from this probability on
     min_heard_apart_s: float = 1.0  # local speakers of one window this loud are different people
     min_cluster_s: float = 1.0  # clusters with less (de-duplicated) speech are folded in
     min_clean_s: float = 2.0  # embeddings with less single-speaker speech don't vote
@@ -173,6 +175,8 @@ class _Analysis:
     starts: list[int]
     step_frames: int
     binarized: npt.NDArray[np.uint8]  # (windows, frames, 3) local speaker activity
+    probability: FloatArray  # (windows, frames, 3) each local speaker's probability
+    count: npt.NDArray[np.uint8]  # (windows, frames) how many speak at once (0-2)
     locals_: list[_LocalSpeaker]
     embeddings: FloatArray  # (len(locals_), 192) unit vectors
 
@@ -187,6 +191,8 @@ def _analyse(
     step_frames = max(1, round(_window_step_s(audio.size, options) / _FRAME_STEP_S))
     starts = _window_starts(audio.size, step_frames * SEGMENTATION_FRAME_STEP_SAMPLES)
     binarized = np.zeros((len(starts), SEGMENTATION_NUM_FRAMES, 3), dtype=np.uint8)
+    probability = np.zeros((len(starts), SEGMENTATION_NUM_FRAMES, 3), dtype=np.float32)
+    count = np.zeros((len(starts), SEGMENTATION_NUM_FRAMES), dtype=np.uint8)
     locals_: list[_LocalSpeaker] = []
     vectors: list[FloatArray] = []
     for batch_start in range(0, len(starts), options.batch_windows):
@@ -195,12 +201,31 @@ def _analyse(
         logits = models.segment(chunks)
         for row, window in enumerate(batch):
             binarized[window] = _POWERSET[np.argmax(logits[row], axis=-1)]
+            probability[window], count[window] = _soft_activity(logits[row], options)
             for local, vector in _embed_window(chunks[row], binarized[window], models, options):
                 locals_.append(dataclasses.replace(local, window=window))
                 vectors.append(vector)
         report((batch_start + len(batch)) / len(starts))
     embeddings = np.stack(vectors) if vectors else np.zeros((0, 192), dtype=np.float32)
-    return _Analysis(starts, step_frames, binarized, locals_, embeddings)
+    return _Analysis(starts, step_frames, binarized, probability, count, locals_, embeddings)
+
+
+def _soft_activity(
+    logits: FloatArray, options: DiarizationOptions
+) -> tuple[FloatArray, npt.NDArray[np.uint8]]:
+    """Each local speaker's probability, and the number of voices, from the powerset.
+
+    The argmax class hears overlap only where it is the likeliest class, which misses
+    most of it in meetings; a frame counts two voices once overlap is
+    `overlap_probability` likely, and one where speech of any kind is more likely than not.
+    """
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    classes = shifted / shifted.sum(axis=-1, keepdims=True)
+    speakers = (classes @ _POWERSET.astype(np.float32)).astype(np.float32)
+    overlap = classes[:, _POWERSET.sum(axis=1) == 2].sum(axis=1)
+    speech = 1.0 - classes[:, 0]
+    count = np.where(overlap >= options.overlap_probability, 2, speech > 0.5).astype(np.uint8)
+    return speakers, count
 
 
 def _resolve(
@@ -210,7 +235,7 @@ def _resolve(
     options: DiarizationOptions,
 ) -> list[SpeakerTurn]:
     """Global speakers from the local ones, and their turns."""
-    starts, step_frames, binarized = analysis.starts, analysis.step_frames, analysis.binarized
+    step_frames, binarized = analysis.step_frames, analysis.binarized
     locals_, embeddings = analysis.locals_, analysis.embeddings
     min_k, max_k = bounds
     if not locals_:  # speech too short to embed: whatever the segmentation found is one voice
@@ -224,7 +249,7 @@ def _resolve(
     centroids = _add_speakers_heard_apart(centroids, embeddings, locals_, binarized, max_k, options)
     while True:
         labels = _assign(embeddings, centroids, locals_)
-        activity = _reconstruct(binarized, starts, step_frames, locals_, labels, len(centroids))
+        activity = _reconstruct(analysis, labels, len(centroids))
         turns = _to_turns(activity, speech, options)
         durations = _durations(turns, len(centroids))
         heard = [
@@ -514,14 +539,11 @@ def _assign(
 
 
 def _reconstruct(
-    binarized: npt.NDArray[np.uint8],
-    starts: list[int],
-    step_frames: int,
-    locals_: list[_LocalSpeaker],
-    labels: npt.NDArray[np.int64],
-    num_speakers: int,
+    analysis: _Analysis, labels: npt.NDArray[np.int64], num_speakers: int
 ) -> npt.NDArray[np.bool_]:
-    """Global frame-level activity (frames, speakers) from the relabelled windows."""
+    """Global frame-level activity (frames, speakers) from the relabelled windows: per
+    frame, the segmentation's number of voices, given to the likeliest speakers."""
+    starts, step_frames, locals_ = analysis.starts, analysis.step_frames, analysis.locals_
     num_frames = (len(starts) - 1) * step_frames + SEGMENTATION_NUM_FRAMES
     score = np.zeros((num_frames, num_speakers), dtype=np.float32)
     count = np.zeros(num_frames, dtype=np.float32)
@@ -530,14 +552,14 @@ def _reconstruct(
     for window in range(len(starts)):
         frames = slice(window * step_frames, window * step_frames + SEGMENTATION_NUM_FRAMES)
         coverage[frames] += 1.0
-        count[frames] += binarized[window].sum(axis=1)
+        count[frames] += analysis.count[window]
         clustered = np.zeros((SEGMENTATION_NUM_FRAMES, num_speakers), dtype=np.float32)
         for i in np.flatnonzero(window_of == window):
             local = locals_[i]
             span = slice(local.first, local.end)
             np.maximum(
                 clustered[span, labels[i]],
-                binarized[window, span, local.index],
+                analysis.probability[window, span, local.index],
                 out=clustered[span, labels[i]],
             )
         score[frames] += clustered
