@@ -145,3 +145,45 @@ def test_decoder_errors_become_transcription_errors(
             lambda _: None,
         )
     assert info.value.message == "Speech recognition failed"
+
+
+def _count_encodes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count the encoder passes that really run (the parent class's `encode`)."""
+    from faster_whisper import WhisperModel as PlainWhisperModel
+
+    calls: list[int] = []  # a hash of each encoded window
+    original = PlainWhisperModel.encode
+
+    def counting(self: PlainWhisperModel, features: npt.NDArray[np.float32]) -> object:
+        calls.append(hash(np.ascontiguousarray(features).tobytes()))
+        return original(self, features)
+
+    monkeypatch.setattr(PlainWhisperModel, "encode", counting)
+    return calls
+
+
+def test_language_detection_costs_no_extra_encoder_pass(
+    jfk: npt.NDArray[np.float32], whisper_model: WhisperModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """faster-whisper alone encodes the first window twice when it detects the language;
+    the loaded model encodes it once, and says the same as when told the language."""
+    regions = [SpeechRegion(0.0, jfk.size / SAMPLE_RATE)]
+    told = transcribe(jfk, regions, whisper_model, TranscribeOptions(language="en"), _ignore)
+    calls = _count_encodes(monkeypatch)
+    silence = np.zeros(SAMPLE_RATE, dtype=np.float32)  # something else encoded in between
+    transcribe(silence, [SpeechRegion(0.0, 1.0)], whisper_model, TranscribeOptions(), _ignore)
+    calls.clear()
+    found = transcribe(jfk, regions, whisper_model, TranscribeOptions(), _ignore)
+    assert found.language == "en" and found.language_probability > 0.5
+    assert len(calls) == 1, calls  # an 11-s clip is one window
+    assert [s.text for s in found.segments] == [s.text for s in told.segments]
+    # over 30 s: detection and decoding share the first window; every window once
+    long_audio = np.concatenate([jfk, jfk, jfk])
+    calls.clear()
+    regions = [SpeechRegion(0.0, long_audio.size / SAMPLE_RATE)]
+    transcribe(long_audio, regions, whisper_model, TranscribeOptions(), _ignore)
+    assert len(calls) >= 2 and len(set(calls)) == len(calls), calls
+
+
+def _ignore(_: float) -> None:
+    return None

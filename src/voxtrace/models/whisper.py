@@ -158,7 +158,7 @@ def load_whisper(
     cpu_threads: int = 0,
 ) -> WhisperModel:
     """Load a faster-whisper model; the heavy import happens here, not at import time."""
-    from faster_whisper import WhisperModel
+    from voxtrace.models.whisper_reuse import EncoderReusingWhisperModel as WhisperModel
 
     model_path = resolve_whisper_model(name_or_path, models_path)
     resolved_device = pick_device(device)
