@@ -195,6 +195,26 @@ def test_job_status_query_redacts_the_url(api: httpx.Client) -> None:
     assert "secret123" not in r.text and "AKIA" not in r.text
 
 
+def test_a_job_waiting_to_retry_reads_as_queued_with_its_retry_time(tmp_path: Path) -> None:
+    server, store, _ = make_server(tmp_path)
+    try:
+        with httpx.Client(base_url=server.url, timeout=10) as client:
+            client.post(SUBMIT, json={"job_id": "retry", "video_url": VIDEO})
+            assert client.get("/api/jobs/retry").json()["retry_at"] is None
+            job = store.claim("w1", lease_s=60, now=10.0)
+            assert job is not None
+            store.requeue("retry", "w1", job.attempts, now=11.0, not_before=4_000_000_000.0)
+            body = client.get("/api/jobs/retry").json()
+            assert (body["status"], body["attempts"], body["retry_at"]) == (
+                "accepted",
+                1,
+                4_000_000_000.0,
+            )
+    finally:
+        server.stop()
+        store.close()
+
+
 def test_health_queue_and_docs(api: httpx.Client) -> None:
     health = api.get("/health").json()
     assert health["checks"]["store_writable"] is True

@@ -188,3 +188,12 @@ def test_an_expired_presigned_url_error_carries_no_query(tmp_path: Path) -> None
         fetch(url, tmp_path, FetchOptions())
     for secret in LEAKS:
         assert secret not in str(info.value)
+
+
+def test_the_job_store_password_is_blanked_in_logs_too() -> None:
+    settings = get_settings(store_url="postgresql://vox:pg-pass-7a8b@db:5432/jobs")
+    assert "pg-pass-7a8b" in settings.secret_values()
+    log_filter = RedactingFilter(settings.secret_values())
+    assert log_filter.redact("connect postgresql://vox:pg-pass-7a8b@db") == (
+        "connect postgresql://vox:<redacted>@db"
+    )

@@ -5,17 +5,24 @@ Each test names the invariant of `voxtrace.store.base` it holds the store to.
 
 from __future__ import annotations
 
+import functools
 import math
 import multiprocessing
+import os
 import sqlite3
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
+import psycopg
 import pytest
+from psycopg import sql
 
 from voxtrace import errors
 from voxtrace.domain import JobOptions, JobStatus, NewJob
+from voxtrace.logs import redact_url
 from voxtrace.payloads import completed_payload, failed_payload, progress_payload
 from voxtrace.store import MemoryJobStore, SqliteJobStore, open_store
 from voxtrace.store.base import JobStore
@@ -24,12 +31,59 @@ from voxtrace.store.sqlite import SCHEMA_VERSION
 BASE = "http://backend.test"
 LEASE_S = 60.0
 
+# A real PostgreSQL (CI runs one); each test gets a schema of its own, dropped afterwards.
+POSTGRES_URL = os.environ.get(
+    "VOXTRACE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
 
-@pytest.fixture(params=["memory", "sqlite"])
+
+@functools.cache
+def _postgres_missing() -> str | None:
+    try:
+        with psycopg.connect(POSTGRES_URL, connect_timeout=3):
+            pass
+    except psycopg.Error as exc:
+        return (
+            f"PostgreSQL at {redact_url(POSTGRES_URL)} is unreachable ({type(exc).__name__});"
+            " set VOXTRACE_TEST_POSTGRES_URL to run the PostgreSQL store tests"
+        )
+    return None
+
+
+def _in_schema(schema: str, *options: str) -> str:
+    """POSTGRES_URL with its search_path (and `-c` options) set; named after the schema,
+    so a test can find its own sessions in pg_stat_activity."""
+    settings = " ".join(f"-c{option}" for option in (f"search_path={schema}", *options))
+    joiner = "&" if "?" in POSTGRES_URL else "?"
+    return f"{POSTGRES_URL}{joiner}options={quote(settings)}&application_name={schema}"
+
+
+def _admin(statement: sql.Composable, *params: Any) -> list[tuple[Any, ...]]:
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        cur = conn.execute(statement, params or None)
+        return cur.fetchall() if cur.description else []
+
+
+@pytest.fixture
+def pg_schema() -> Iterator[str]:
+    missing = _postgres_missing()
+    if missing:
+        pytest.skip(missing)
+    schema = f"vt_test_{uuid.uuid4().hex[:12]}"
+    _admin(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+    yield schema
+    _admin(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[JobStore]:
-    impl: JobStore = (
-        MemoryJobStore() if request.param == "memory" else SqliteJobStore(tmp_path / "jobs.db")
-    )
+    impl: JobStore
+    if request.param == "memory":
+        impl = MemoryJobStore()
+    elif request.param == "sqlite":
+        impl = SqliteJobStore(tmp_path / "jobs.db")
+    else:
+        impl = open_store(_in_schema(request.getfixturevalue("pg_schema")))
     yield impl
     impl.close()
 
@@ -158,6 +212,59 @@ def test_requeue_returns_the_job_and_the_next_claim_is_a_new_attempt(store: JobS
     assert (job.status, job.worker_id, job.attempts) == (JobStatus.ACCEPTED, None, 1)
     assert not store.requeue(job_id, "w1", attempt, now=13.0)  # no longer processing
     assert claim(store, "w2") == ("a", 2)
+
+
+def test_a_requeued_job_waits_until_its_not_before(store: JobStore) -> None:
+    """A retry that must wait (a full disk, a memory squeeze) is queued, not claimable."""
+    submit(store, "a")
+    job_id, attempt = claim(store, "w1", now=10.0)
+    assert store.requeue(job_id, "w1", attempt, now=12.0, not_before=50.0)
+    job = store.get(job_id)
+    assert job is not None
+    assert (job.status, job.worker_id, job.attempts, job.not_before) == (
+        JobStatus.ACCEPTED,
+        None,
+        1,
+        50.0,
+    )
+    assert store.claim("w2", LEASE_S, now=49.9) is None
+    assert store.stats().accepted == 1  # still queued, still counted against capacity
+    claimed = store.claim("w2", LEASE_S, now=50.0)
+    assert claimed is not None
+    assert (claimed.job_id, claimed.attempts, claimed.not_before) == ("a", 2, None)
+    assert store.get(job_id) == claimed
+
+
+def test_a_waiting_retry_does_not_hold_up_younger_jobs(store: JobStore) -> None:
+    submit(store, "old", "young")
+    old, attempt = claim(store, "w1", now=10.0)
+    assert store.requeue(old, "w1", attempt, now=11.0, not_before=100.0)
+    assert claim(store, "w2", now=20.0) == ("young", 1)
+    assert store.claim("w3", LEASE_S, now=30.0) is None
+    assert claim(store, "w3", now=100.0) == ("old", 2)
+
+
+def test_a_lapsed_lease_or_a_plain_requeue_is_claimable_at_once(store: JobStore) -> None:
+    submit(store, "a", "b")
+    a, attempt_a = claim(store, "w1", now=10.0)
+    b, attempt_b = claim(store, "w2", now=10.0)
+    assert store.requeue(a, "w1", attempt_a, now=11.0)
+    assert store.release_lapsed(b, attempt_b, now=10.0 + LEASE_S + 1)
+    assert store.get(a).not_before is None  # type: ignore[union-attr]
+    assert store.get(b).not_before is None  # type: ignore[union-attr]
+    assert sorted(claim(store, "w3", now=80.0)[0] for _ in range(2)) == ["a", "b"]
+
+
+def test_a_waiting_retry_can_still_be_failed(store: JobStore) -> None:
+    """The supervisor (attempts spent, time limit) may end a job that waits to retry."""
+    submit(store, "a")
+    job_id, attempt = claim(store, "w1", now=10.0)
+    assert store.requeue(job_id, "w1", attempt, now=11.0, not_before=100.0)
+    assert fail(store, job_id, None, worker=None, now=20.0)
+    job = store.get(job_id)
+    assert job is not None
+    assert (job.status, job.not_before) == (JobStatus.FAILED, None)
+    assert store.claim("w2", LEASE_S, now=200.0) is None
 
 
 def test_a_stale_attempt_can_change_nothing(store: JobStore) -> None:
@@ -504,6 +611,34 @@ def test_the_database_refuses_a_second_terminal_callback(tmp_path: Path) -> None
         )
 
 
+def test_sqlite_migrates_a_version_1_database(tmp_path: Path) -> None:
+    """A job database written before `not_before` existed opens, keeps its jobs, and
+    learns to hold a retry back."""
+    from voxtrace.store.sqlite import _SCHEMA_V1
+
+    path = tmp_path / "jobs.db"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(_SCHEMA_V1)
+        conn.execute(
+            "INSERT INTO jobs (job_id, video_url, callback_base_url, options, status,"
+            " created_at, updated_at) VALUES ('old', 'https://x/v.mp4', ?, '{}', 'accepted',"
+            " 1.0, 1.0)",
+            (BASE,),
+        )
+        conn.execute("PRAGMA user_version = 1")
+    conn.close()
+    store = SqliteJobStore(path)
+    job_id, attempt = claim(store)
+    assert job_id == "old"
+    assert store.requeue(job_id, "w1", attempt, now=12.0, not_before=30.0)
+    assert store.claim("w1", LEASE_S, now=29.0) is None
+    assert claim(store, now=30.0) == ("old", 2)
+    store.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+    conn.close()
+
+
 def _claim_all(path: str, worker_id: str, start: Any, out: str) -> None:
     """Runs in a child process: claim and finish jobs until none is left."""
     store = SqliteJobStore(Path(path), busy_timeout_s=30.0)
@@ -548,6 +683,293 @@ def test_two_processes_never_claim_the_same_job(tmp_path: Path) -> None:
     store.close()
 
 
+# ------------------------------------------------------------------------ postgres only
+
+
+def _pg_store(schema: str, *options: str) -> Any:
+    from voxtrace.store.postgres import PostgresJobStore
+
+    return PostgresJobStore(_in_schema(schema, *options))
+
+
+def test_postgres_keeps_jobs_across_reopening(pg_schema: str) -> None:
+    from voxtrace.store.postgres import SCHEMA_VERSION as PG_SCHEMA_VERSION
+
+    first = _pg_store(pg_schema)
+    assert first.schema == pg_schema
+    submit(first, "a")
+    job_id, attempt = claim(first)
+    progress(first, job_id, attempt, 30)
+    first.close()
+
+    second = _pg_store(pg_schema)  # schema creation is idempotent
+    job = second.get("a")
+    assert job is not None
+    assert (job.status, job.progress, job.worker_id) == (JobStatus.PROCESSING, 30, "w1")
+    assert states(second, "a") == [("processing", "pending")]
+    second.close()
+    version = _admin(
+        sql.SQL("SELECT value FROM {}.voxtrace_meta WHERE key = 'schema_version'").format(
+            sql.Identifier(pg_schema)
+        )
+    )
+    assert version == [(str(PG_SCHEMA_VERSION),)]
+
+
+def test_postgres_keeps_the_results_key_order(pg_schema: str) -> None:
+    """JSON, not JSONB: the stored result reads back in the order it was written."""
+    store = _pg_store(pg_schema)
+    submit(store, "a")
+    job_id, attempt = claim(store)
+    result = {"segments": [], "metadata": {"zeta": 1, "alpha": 2}}
+    assert store.complete(job_id, "w1", attempt, result, completed_payload(job_id, result), 20.0)
+    stored = store.get(job_id)
+    assert stored is not None and stored.result is not None
+    assert list(stored.result) == ["segments", "metadata"]
+    assert list(stored.result["metadata"]) == ["zeta", "alpha"]
+    store.close()
+
+
+def test_postgres_needs_an_existing_schema(pg_schema: str) -> None:
+    with pytest.raises(ValueError, match="no schema"):
+        _pg_store(pg_schema + "_missing")
+
+
+def test_postgres_the_database_refuses_a_second_terminal_callback(pg_schema: str) -> None:
+    store = _pg_store(pg_schema)
+    submit(store, "a")
+    job_id, attempt = claim(store)
+    complete(store, job_id, attempt)
+    store.close()
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        _admin(
+            sql.SQL(
+                "INSERT INTO {}.voxtrace_outbox (job_id, seq, base_url, payload, terminal,"
+                " state, attempts, created_at, next_attempt_at)"
+                " VALUES ('a', 9, 'x', '{{}}', true, 'pending', 0, 0, 0)"
+            ).format(sql.Identifier(pg_schema))
+        )
+
+
+def test_postgres_two_machines_never_claim_the_same_job(pg_schema: str) -> None:
+    """Two stores (two machines' connections), two threads each, race for 120 jobs."""
+    import threading
+
+    stores = [_pg_store(pg_schema), _pg_store(pg_schema)]
+    job_ids = [f"job-{i:03d}" for i in range(120)]
+    for n, job_id in enumerate(job_ids):
+        stores[n % 2].submit(new_job(job_id), max_unfinished=1000, now=1.0 + n)
+    start = threading.Barrier(4)
+    claimed: dict[str, list[str]] = {}
+
+    def run(store: JobStore, worker_id: str) -> None:
+        mine = claimed.setdefault(worker_id, [])
+        start.wait()
+        while (job := store.claim(worker_id, LEASE_S, now=10.0)) is not None:
+            mine.append(job.job_id)
+            assert progress(store, job.job_id, job.attempts, 50, worker=worker_id)
+            assert complete(store, job.job_id, job.attempts, worker=worker_id)
+
+    threads = [
+        threading.Thread(target=run, args=(stores[n % 2], f"m{n % 2}/w{n}")) for n in range(4)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    all_claimed = [job_id for mine in claimed.values() for job_id in mine]
+    assert sorted(all_claimed) == job_ids  # every job once, none twice
+    assert all(claimed.values())  # every worker got some: nobody waited on a row lock
+    stats = stores[1].stats()
+    assert (stats.completed, stats.callbacks_pending) == (120, 120)
+    for store in stores:
+        store.close()
+
+
+def test_postgres_claim_skips_a_row_another_session_holds(pg_schema: str) -> None:
+    """SKIP LOCKED: a claim does not wait for (or take) a job another claim has locked."""
+    store = _pg_store(pg_schema)
+    submit(store, "first", "second")
+    with psycopg.connect(_in_schema(pg_schema)) as other:  # a transaction left open
+        other.execute("SELECT 1 FROM voxtrace_jobs WHERE job_id = 'first' FOR UPDATE")
+        assert claim(store, "w1") == ("second", 1)
+        assert store.claim("w2", LEASE_S, now=10.0) is None
+        other.rollback()
+    assert claim(store, "w2") == ("first", 1)
+    store.close()
+
+
+def _finished_job(store: JobStore, job_id: str) -> None:
+    submit(store, job_id)
+    claimed, attempt = claim(store)
+    assert complete(store, claimed, attempt)
+
+
+def test_postgres_one_dispatcher_delivers_the_others_stand_by(pg_schema: str) -> None:
+    first, second = _pg_store(pg_schema), _pg_store(pg_schema)
+    _finished_job(first, "a")
+    (item,) = first.due_callbacks(now=100.0, limit=10)
+    assert second.due_callbacks(now=100.0, limit=10) == []  # first delivers
+    assert first.due_callbacks(now=100.0, limit=10) == [item]  # and still does
+    first.close()  # its session ends: a stand-by takes over
+    assert second.due_callbacks(now=100.0, limit=10) == [item]
+    assert first.due_callbacks(now=100.0, limit=10) == []
+    second.mark_delivered(item.id, now=101.0)
+    assert states(first, "a") == [("completed", "delivered")]
+    second.close()
+
+
+def test_postgres_racing_dispatchers_elect_one(pg_schema: str) -> None:
+    import threading
+
+    stores = [_pg_store(pg_schema) for _ in range(4)]
+    _finished_job(stores[0], "a")
+    start = threading.Barrier(len(stores))
+    got: list[int] = [0] * len(stores)
+
+    def poll(n: int) -> None:
+        start.wait()
+        got[n] = len(stores[n].due_callbacks(now=100.0, limit=10))
+
+    threads = [threading.Thread(target=poll, args=(n,)) for n in range(len(stores))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert sorted(got) == [0, 0, 0, 1]
+    for store in stores:
+        store.close()
+
+
+def _terminate_sessions(application_name: str, only_pid: int | None = None) -> int:
+    """Kill a test's sessions as a server restart would; return once they are gone."""
+    import time
+
+    rows = _admin(
+        sql.SQL(
+            "SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE application_name = %s AND (%s::int IS NULL OR pid = %s::int)"
+        ),
+        application_name,
+        only_pid,
+        only_pid,
+    )
+    pids = [pid for pid, _ in rows]
+    deadline = time.monotonic() + 10
+    alive = sql.SQL("SELECT 1 FROM pg_stat_activity WHERE pid = ANY(%s)")
+    while pids and _admin(alive, pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return len(pids)
+
+
+def _poll(call: Any, timeout_s: float = 10.0) -> Any:
+    """`call()` until it returns something: the server ends a killed session's locks
+    a moment after the session itself is gone."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not (result := call()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return result
+
+
+def test_postgres_a_dispatcher_whose_session_dies_is_replaced(pg_schema: str) -> None:
+    first, second = _pg_store(pg_schema), _pg_store(pg_schema)
+    _finished_job(first, "a")
+    (item,) = first.due_callbacks(now=100.0, limit=10)
+    backend_pid = first._dispatch_conn.info.backend_pid
+    assert _terminate_sessions(pg_schema, backend_pid) == 1  # its machine vanished
+    assert _poll(lambda: second.due_callbacks(now=100.0, limit=10)) == [item]
+    # The old dispatcher comes back on a new session and finds the place taken.
+    assert first.due_callbacks(now=100.0, limit=10) == []
+    first.close()
+    second.close()
+
+
+def test_postgres_reconnects_after_the_server_drops_its_sessions(
+    pg_schema: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A server restart or failover: idle pooled connections die; the next call works."""
+    store = _pg_store(pg_schema)
+    submit(store, "a")
+    assert store.get("a") is not None
+    assert _terminate_sessions(pg_schema) >= 1
+    with caplog.at_level("INFO", logger="voxtrace.store.postgres"):
+        job_id, attempt = claim(store)  # a dead idle connection is replaced, once
+    assert (job_id, attempt) == ("a", 1)
+    assert "connection was lost while idle" in caplog.text
+    assert store.check_writable()
+    store.close()
+
+
+def test_postgres_an_unreachable_store_never_logs_its_password(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from voxtrace.store.postgres import PostgresJobStore
+
+    url = "postgresql://voxtrace:hunter2-secret@127.0.0.1:1/jobs?connect_timeout=2"
+    with pytest.raises(errors.CapacityExceeded) as raised:
+        PostgresJobStore(url)
+    assert raised.value.message == "Job store unavailable; retry later"
+    assert "hunter2" not in str(raised.value)
+    assert "postgresql://127.0.0.1:1/jobs" in caplog.text
+    assert "hunter2" not in caplog.text
+
+
+def test_postgres_a_read_only_store_reads_but_is_not_writable(pg_schema: str) -> None:
+    """A read-only server (a standby, a full disk's emergency mode) shows up in /health,
+    and a submission is refused with the project's 503 error, not a library error."""
+    _pg_store(pg_schema).close()  # the tables exist
+    store = _pg_store(pg_schema, "default_transaction_read_only=on")
+    assert store.get("a") is None
+    assert not store.check_writable()
+    with pytest.raises(errors.CapacityExceeded):
+        store.submit(new_job("a"), max_unfinished=10, now=1.0)
+    store.close()
+
+
+def _claim_in_child(store: Any, out: str) -> None:
+    """Runs in a forked child: use the inherited store, then drop it."""
+    import gc
+
+    job = store.claim("child", LEASE_S, now=10.0)
+    store.close()
+    del store
+    gc.collect()  # the parent's connection objects die here, too
+    Path(out).write_text(job.job_id if job else "")
+
+
+def test_postgres_a_forked_child_leaves_the_parents_connections_alone(
+    pg_schema: str, tmp_path: Path
+) -> None:
+    store = _pg_store(pg_schema)
+    submit(store, "a", "b")
+    parent_backend = store._read(lambda conn: conn.info.backend_pid)
+    out = tmp_path / "child.txt"
+    child = multiprocessing.get_context("fork").Process(
+        target=_claim_in_child, args=(store, str(out))
+    )
+    child.start()
+    child.join(timeout=60)
+    assert child.exitcode == 0
+    assert out.read_text() == "a"
+    # The same session as before the fork, alive: the child opened its own.
+    assert store._read(lambda conn: conn.info.backend_pid) == parent_backend
+    assert claim(store, "parent") == ("b", 1)
+    store.close()
+
+
+def test_open_store_by_postgres_url(pg_schema: str) -> None:
+    from voxtrace.store import PostgresJobStore
+
+    for scheme in ("postgresql", "postgres"):
+        url = _in_schema(pg_schema).replace("postgresql://", f"{scheme}://", 1)
+        opened = open_store(url)
+        assert isinstance(opened, PostgresJobStore)
+        assert opened.schema == pg_schema
+        opened.close()
+
+
 # ------------------------------------------------------------------------ factory
 
 
@@ -558,10 +980,10 @@ def test_open_store_by_url(tmp_path: Path) -> None:
         assert isinstance(opened, SqliteJobStore)
         opened.close()
     assert sorted(p.name for p in tmp_path.glob("*.db")) == ["a.db", "b.db", "c.db"]
-    with pytest.raises(ValueError, match="Redis job store is not available"):
+    with pytest.raises(ValueError, match="no Redis job store"):
         open_store("redis://localhost:6379/0")
     with pytest.raises(ValueError, match="unknown job store"):
-        open_store("postgres://db/jobs")
+        open_store("mysql://db/jobs")
 
 
 def test_sqlite_closes_connections_of_finished_threads(tmp_path: Path) -> None:

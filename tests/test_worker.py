@@ -4,13 +4,15 @@ on the real in-memory store)."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
 from voxtrace.config import get_settings
-from voxtrace.domain import NewJob
+from voxtrace.domain import JobStatus, NewJob
+from voxtrace.models import ModelBundle
 from voxtrace.store import MemoryJobStore
-from voxtrace.worker import LostOwnership, _Progress
+from voxtrace.worker import JobRunner, LostOwnership, _Progress
 
 
 def _claimed(store: MemoryJobStore) -> tuple[str, int]:
@@ -84,3 +86,36 @@ def test_callback_base_url_honours_only_allowlisted_requests() -> None:
     assert settings.callback_base_for("https://ecg.example.com") == "https://ecg.example.com"
     assert settings.callback_base_for("http://10.0.0.5:8000/") == "http://10.0.0.5:8000"
     assert settings.callback_base_for("http://evil.example.com") == "http://backend:8000"
+
+
+def test_a_retryable_failure_waits_longer_before_each_attempt(tmp_path: Path) -> None:
+    """INSUFFICIENT_RESOURCES (here the free-disk floor) is retried, not at once: the
+    job stays queued until base * 2**(attempt - 1), less up to 20 % jitter."""
+    store = MemoryJobStore()
+    settings = get_settings(
+        data_dir=tmp_path,
+        min_free_disk_mb=2**40,  # more than any disk: every attempt stops at the check
+        max_attempts=3,
+        job_retry_backoff_base_s=5,
+        job_retry_backoff_cap_s=60,
+    )
+    runner = JobRunner(settings, store, ModelBundle(whisper=None), "w1")  # type: ignore[arg-type]
+    store.submit(NewJob("j1", "https://h/v.mp4", "http://backend"), 10, now=time.time())
+    now = time.time()
+    for attempt, longest_s in ((1, 5.0), (2, 10.0)):
+        job = store.claim("w1", lease_s=30, now=now)
+        assert job is not None and job.attempts == attempt
+        failed_at = time.time()
+        runner.run(job)
+        queued = store.get("j1")
+        assert queued is not None and queued.not_before is not None
+        assert (queued.status, queued.attempts) == (JobStatus.ACCEPTED, attempt)
+        assert 0.8 * longest_s - 0.5 <= queued.not_before - failed_at <= longest_s + 0.5
+        assert store.claim("w1", lease_s=30, now=queued.not_before - 0.01) is None
+        now = queued.not_before
+    job = store.claim("w1", lease_s=30, now=now)
+    assert job is not None and job.attempts == 3
+    runner.run(job)  # the last attempt: no more waiting, the job fails
+    done = store.get("j1")
+    assert done is not None
+    assert (done.status, done.error_code) == (JobStatus.FAILED, "INSUFFICIENT_RESOURCES")

@@ -49,6 +49,10 @@ class Settings(BaseSettings):
     heartbeat_s: float = Field(20, gt=0)  # progress callback at least this often
     worker_max_rss_mb: int = Field(6000, ge=256)
     min_free_disk_mb: int = Field(500, ge=0)
+    # A retryable failure (INSUFFICIENT_RESOURCES) waits base * 2**(attempt - 1), capped,
+    # less up to 20 % jitter, before the next attempt; 0 retries at once.
+    job_retry_backoff_base_s: float = Field(5.0, ge=0)
+    job_retry_backoff_cap_s: float = Field(120.0, ge=0)
 
     # --- input
     max_download_bytes: int = Field(2 * 1024**3, ge=1)
@@ -137,9 +141,15 @@ class Settings(BaseSettings):
         return self
 
     def secret_values(self) -> tuple[str, ...]:
-        """The configured secrets, for the log filter to blank out wherever they appear."""
+        """The configured secrets, for the log filter to blank out wherever they appear
+        (the job store URL's password included)."""
         secrets = (self.api_key, self.callback_secret, self.s3_secret_access_key)
-        return tuple(s.get_secret_value() for s in secrets if s is not None)
+        values = tuple(s.get_secret_value() for s in secrets if s is not None)
+        try:
+            store_password = urlsplit(self.store_url).password if self.store_url else None
+        except ValueError:
+            store_password = None
+        return (*values, store_password) if store_password else values
 
     @property
     def store_location(self) -> str:

@@ -91,6 +91,7 @@ class Job:
     result: dict[str, Any] | None = None
     error_code: str | None = None
     error_message: str | None = None
+    not_before: float | None = None  # an accepted retry waits until then; None = at once
 
     @property
     def is_terminal(self) -> bool:

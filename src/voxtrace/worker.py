@@ -41,6 +41,7 @@ from voxtrace.models import ModelBundle, load_models, pipeline_options
 from voxtrace.payloads import completed_payload, failed_payload, progress_payload
 from voxtrace.pipeline.assemble import result_to_contract
 from voxtrace.pipeline.runner import PipelineOptions, run_pipeline
+from voxtrace.retry import compute_backoff
 from voxtrace.store import open_store
 from voxtrace.store.base import JobStore
 
@@ -202,9 +203,24 @@ class JobRunner:
             log.warning("job %s: %s (%s)", job.job_id, error.code, error.message)
         now = time.time()
         retry = error.retryable and job.attempts < self.settings.max_attempts
-        if retry and self.store.requeue(job.job_id, self.worker_id, job.attempts, now):
-            log.info("job %s: requeued after a retryable error", job.job_id)
-            return
+        if retry:
+            # Wait before the next attempt: a full disk or a memory squeeze takes a while
+            # to pass, and a fleet of jobs failing together should not retry in lockstep.
+            delay_s = compute_backoff(
+                job.attempts,
+                self.settings.job_retry_backoff_base_s,
+                self.settings.job_retry_backoff_cap_s,
+                jitter=0.2,
+            )
+            if self.store.requeue(
+                job.job_id, self.worker_id, job.attempts, now, not_before=now + delay_s
+            ):
+                log.info(
+                    "job %s: requeued after a retryable error; next attempt in %.1f s",
+                    job.job_id,
+                    delay_s,
+                )
+                return
         current = self.store.get(job.job_id)
         progress = current.progress if current else job.progress
         self.store.fail(

@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from voxtrace.domain import Job
+from voxtrace.domain import Job, JobStatus
 from voxtrace.logs import redact_url
 from voxtrace.netpolicy import ip_literal, is_forbidden_address
 
@@ -132,6 +132,9 @@ class JobPublic(BaseModel):
     message: str
     video_url: str = Field(description="Redacted: no query string, no credentials")
     attempts: int
+    retry_at: float | None = Field(
+        None, description="A queued retry waits until this time (epoch seconds); else null"
+    )
     created_at: float
     updated_at: float
     started_at: float | None
@@ -154,6 +157,7 @@ class JobPublic(BaseModel):
             message=job.message,
             video_url=redact_url(job.video_url),
             attempts=job.attempts,
+            retry_at=job.not_before if job.status is JobStatus.ACCEPTED else None,
             created_at=job.created_at,
             updated_at=job.updated_at,
             started_at=job.started_at,

@@ -1,7 +1,7 @@
 """The job store interface: job state, work dispatch and the callback outbox.
 
 One interface so the API, the worker and the callback dispatcher never know which
-backend holds the jobs (SQLite for one machine, Redis for several, memory for tests).
+backend holds the jobs (SQLite for one machine, PostgreSQL for several, memory for tests).
 A shared test suite (tests/test_store_contract.py) runs against every implementation.
 
 Invariants every implementation keeps:
@@ -18,8 +18,11 @@ Invariants every implementation keeps:
   undelivered one (the backend only needs the latest progress).
 - Stored results and callback bodies are strict JSON: a NaN or Infinity raises
   ValueError before anything is written (the backend's PostgreSQL JSONB refuses them).
-- Run one callback dispatcher per store: a job's next callback is handed out only once
-  the previous one is settled, which holds order only if one process delivers.
+- One callback dispatcher delivers per store: a job's next callback is handed out only
+  once the previous one is settled, which holds order only if one process delivers.
+  SQLite and memory rely on the deployment running one; PostgreSQL elects one itself
+  (the others' `due_callbacks` return nothing until it is gone).
+- A job requeued with `not_before` stays `accepted` but is not claimed before then.
 """
 
 from __future__ import annotations
@@ -54,7 +57,9 @@ class JobStore(abc.ABC):
     # ------------------------------------------------------------------ dispatch
     @abc.abstractmethod
     def claim(self, worker_id: str, lease_s: float, now: float) -> Job | None:
-        """Take the oldest `accepted` job: status processing, attempts += 1, leased.
+        """Take the oldest due `accepted` job: status processing, attempts += 1, leased.
+
+        A job requeued with a `not_before` later than `now` is skipped (it stays queued).
 
         Returns the claimed job (with its new `attempts`), or None when none waits.
         """
@@ -114,8 +119,19 @@ class JobStore(abc.ABC):
         """
 
     @abc.abstractmethod
-    def requeue(self, job_id: str, worker_id: str, attempt: int, now: float) -> bool:
-        """Give a job back to the queue (e.g. a retryable error): processing -> accepted."""
+    def requeue(
+        self,
+        job_id: str,
+        worker_id: str,
+        attempt: int,
+        now: float,
+        not_before: float | None = None,
+    ) -> bool:
+        """Give a job back to the queue (e.g. a retryable error): processing -> accepted.
+
+        With `not_before`, `claim` leaves it alone until then (a retry that waits for a
+        full disk or a memory squeeze to pass); without, it may run again at once.
+        """
 
     @abc.abstractmethod
     def expired_leases(self, now: float) -> list[Job]:

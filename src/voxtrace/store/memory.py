@@ -143,7 +143,11 @@ class MemoryJobStore(JobStore):
     # ------------------------------------------------------------------ dispatch
     def claim(self, worker_id: str, lease_s: float, now: float) -> Job | None:
         with self._lock:
-            waiting = [j for j in self._jobs.values() if j.status is JobStatus.ACCEPTED]
+            waiting = [
+                j
+                for j in self._jobs.values()
+                if j.status is JobStatus.ACCEPTED and (j.not_before is None or j.not_before <= now)
+            ]
             if not waiting:
                 return None
             oldest = min(waiting, key=lambda j: j.created_at)  # min is stable: first wins
@@ -155,6 +159,7 @@ class MemoryJobStore(JobStore):
                 lease_expires_at=now + lease_s,
                 started_at=now,
                 updated_at=now,
+                not_before=None,
             )
             self._jobs[oldest.job_id] = claimed
             return claimed
@@ -254,27 +259,36 @@ class MemoryJobStore(JobStore):
                 finished_at=now,
                 updated_at=now,
                 lease_expires_at=None,
+                not_before=None,
             )
             self._jobs[job_id] = job
             payload["progress"] = job.progress
             self._enqueue(job, payload, terminal=True, now=now)
             return True
 
-    def _to_queue(self, job: Job, now: float) -> None:
+    def _to_queue(self, job: Job, now: float, not_before: float | None = None) -> None:
         self._jobs[job.job_id] = dataclasses.replace(
             job,
             status=JobStatus.ACCEPTED,
             worker_id=None,
             lease_expires_at=None,
             updated_at=now,
+            not_before=not_before,
         )
 
-    def requeue(self, job_id: str, worker_id: str, attempt: int, now: float) -> bool:
+    def requeue(
+        self,
+        job_id: str,
+        worker_id: str,
+        attempt: int,
+        now: float,
+        not_before: float | None = None,
+    ) -> bool:
         with self._lock:
             job = self._owned(job_id, worker_id, attempt)
             if job is None:
                 return False
-            self._to_queue(job, now)
+            self._to_queue(job, now, not_before)
             return True
 
     def expired_leases(self, now: float) -> list[Job]:

@@ -32,7 +32,7 @@ __all__ = ["SCHEMA_VERSION", "SqliteJobStore"]
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -88,8 +88,14 @@ CREATE TABLE IF NOT EXISTS meta (
 );
 """
 
+# v2: a requeued job may wait (`not_before`) before it is claimed again.
+_SCHEMA_V2 = """
+ALTER TABLE jobs ADD COLUMN not_before REAL;
+"""
+
 _UNFINISHED = (JobStatus.ACCEPTED.value, JobStatus.PROCESSING.value)
 _FENCE = "job_id = ? AND status = 'processing' AND worker_id = ? AND attempts = ?"
+_DUE = "status = 'accepted' AND (not_before IS NULL OR not_before <= ?)"
 
 
 def _dumps(data: Any) -> str:
@@ -166,11 +172,12 @@ class SqliteJobStore(JobStore):
             (version,) = conn.execute("PRAGMA user_version").fetchone()
             if version > SCHEMA_VERSION:
                 raise RuntimeError("the job database was written by a newer voxtrace")
-            if version < 1:
-                for statement in _SCHEMA_V1.split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
-            # Future migrations go here: `if version < 2: ...`.
+            for target, script in ((1, _SCHEMA_V1), (2, _SCHEMA_V2)):
+                if version < target:
+                    for statement in script.split(";"):
+                        if statement.strip():
+                            conn.execute(statement)
+            # Future migrations go here: `(3, _SCHEMA_V3)`.
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def close(self) -> None:
@@ -203,6 +210,7 @@ class SqliteJobStore(JobStore):
             result=json.loads(row["result"]) if row["result"] is not None else None,
             error_code=row["error_code"],
             error_message=row["error_message"],
+            not_before=row["not_before"],
         )
 
     def _select_job(self, conn: sqlite3.Connection, job_id: str) -> Job | None:
@@ -271,21 +279,19 @@ class SqliteJobStore(JobStore):
 
     # ------------------------------------------------------------------ dispatch
     def claim(self, worker_id: str, lease_s: float, now: float) -> Job | None:
+        oldest = f"FROM jobs WHERE {_DUE} ORDER BY created_at, rowid LIMIT 1"
         conn = self._conn()
         # Idle workers poll often: look without the write lock first.
-        if conn.execute("SELECT 1 FROM jobs WHERE status = 'accepted' LIMIT 1").fetchone() is None:
+        if conn.execute(f"SELECT 1 {oldest}", (now,)).fetchone() is None:
             return None
         with self._write() as conn:
-            row = conn.execute(
-                "SELECT job_id FROM jobs WHERE status = 'accepted'"
-                " ORDER BY created_at, rowid LIMIT 1"
-            ).fetchone()
+            row = conn.execute(f"SELECT job_id {oldest}", (now,)).fetchone()
             if row is None:
                 return None
             conn.execute(
                 "UPDATE jobs SET status = 'processing', attempts = attempts + 1,"
-                " worker_id = ?, lease_expires_at = ?, started_at = ?, updated_at = ?"
-                " WHERE job_id = ?",
+                " worker_id = ?, lease_expires_at = ?, started_at = ?, updated_at = ?,"
+                " not_before = NULL WHERE job_id = ?",
                 (worker_id, now + lease_s, now, now, row["job_id"]),
             )
             return self._select_job(conn, row["job_id"])
@@ -370,7 +376,8 @@ class SqliteJobStore(JobStore):
         with self._write() as conn:
             set_failed = (
                 "UPDATE jobs SET status = 'failed', error_code = ?, error_message = ?,"
-                " message = ?, finished_at = ?, updated_at = ?, lease_expires_at = NULL"
+                " message = ?, finished_at = ?, updated_at = ?, lease_expires_at = NULL,"
+                " not_before = NULL"
             )
             if worker_id is None:
                 cur = conn.execute(
@@ -391,12 +398,19 @@ class SqliteJobStore(JobStore):
             self._enqueue(conn, job_id, body, terminal=True, now=now)
             return True
 
-    def requeue(self, job_id: str, worker_id: str, attempt: int, now: float) -> bool:
+    def requeue(
+        self,
+        job_id: str,
+        worker_id: str,
+        attempt: int,
+        now: float,
+        not_before: float | None = None,
+    ) -> bool:
         with self._write() as conn:
             cur = conn.execute(
-                "UPDATE jobs SET status = 'accepted', worker_id = NULL,"
-                f" lease_expires_at = NULL, updated_at = ? WHERE {_FENCE}",
-                (now, job_id, worker_id, attempt),
+                "UPDATE jobs SET status = 'accepted', worker_id = NULL, lease_expires_at = NULL,"
+                f" not_before = ?, updated_at = ? WHERE {_FENCE}",
+                (not_before, now, job_id, worker_id, attempt),
             )
             return cur.rowcount == 1
 
@@ -411,7 +425,7 @@ class SqliteJobStore(JobStore):
         with self._write() as conn:
             cur = conn.execute(
                 "UPDATE jobs SET status = 'accepted', worker_id = NULL,"
-                " lease_expires_at = NULL, updated_at = ?"
+                " lease_expires_at = NULL, not_before = NULL, updated_at = ?"
                 " WHERE job_id = ? AND status = 'processing' AND attempts = ?"
                 " AND lease_expires_at < ?",
                 (now, job_id, attempt, now),
