@@ -9,6 +9,7 @@ bare faster-whisper: Whisper base int8, beam 5, `vad_filter=True`, word timestam
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -75,6 +76,22 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+class _StageClock:
+    """A progress callback that notes when each progress message arrives."""
+
+    def __init__(self) -> None:
+        self.marks: list[tuple[float, float, str]] = []
+
+    def __call__(self, _: int, message: str) -> None:
+        self.marks.append((time.perf_counter(), time.process_time(), message))
+
+    def add_to(self, stages: dict[str, list[float]]) -> None:
+        """Wall and CPU seconds from each message to the next, summed per message."""
+        for (t0, c0, message), (t1, c1, _) in itertools.pairwise(self.marks):
+            wall, cpu = stages.setdefault(message, [0.0, 0.0])
+            stages[message] = [wall + t1 - t0, cpu + c1 - c0]
+
+
 def _measure(mode: str, models_path: Path, paths: list[str]) -> dict[str, Any]:
     """Inside the subprocess: transcribe each path and time it."""
     from faster_whisper.audio import decode_audio
@@ -93,6 +110,7 @@ def _measure(mode: str, models_path: Path, paths: list[str]) -> dict[str, Any]:
         ensure_bundled_whisper_base(settings.models_path)
         full_bundle = load_models(settings)
     out: dict[str, Any] = {"clips": {}}
+    stages: dict[str, list[float]] = {}  # progress message -> [wall s, CPU s] until the next
     for path in paths:
         if mode == "bare":
             audio = decode_audio(path, sampling_rate=16000)
@@ -104,18 +122,22 @@ def _measure(mode: str, models_path: Path, paths: list[str]) -> dict[str, Any]:
             elapsed = time.perf_counter() - start
             duration = audio.shape[0] / 16000
         else:
-            bundle = full_bundle if mode == "full" else ModelBundle(whisper=model)
+            bundle = full_bundle if full_bundle is not None else ModelBundle(whisper=model)
+            clock = _StageClock()
             with tempfile.TemporaryDirectory() as work:
                 start, cpu_start = time.perf_counter(), time.process_time()
-                result = run_pipeline(
-                    path, Path(work), bundle, PipelineOptions(), JobOptions(), lambda p, m: None
-                )
+                clock(0, "Starting")
+                options = PipelineOptions()
+                result = run_pipeline(path, Path(work), bundle, options, JobOptions(), clock)
                 elapsed = time.perf_counter() - start
+                clock(100, "Done")
+            clock.add_to(stages)
             text = " ".join(s.text for s in result.segments)
             duration = result.duration_s
         cpu = time.process_time() - cpu_start
         out["clips"][path] = {"text": text, "seconds": elapsed, "cpu": cpu, "duration": duration}
     out["peak_rss_mb"] = _peak_rss_mb()
+    out["stages"] = stages
     return out
 
 
@@ -235,6 +257,7 @@ def run(fixtures_dir: Path = DEFAULT_FIXTURES) -> str:
         f" English WER {en_full_wer:.2%} (target: RTF ≤ 0.2:"
         f" {'met' if full_sec / full_audio <= 0.2 else 'MISSED'}).",
     ]
+    lines += ["", *_stage_table(full["stages"], full_audio)]
     longest = max(clips, key=lambda c: ours["clips"][str(c.path)]["duration"])
     lb, lp, lf = (run["clips"][str(longest.path)] for run in (bare, ours, full))
     lines += [
@@ -264,6 +287,25 @@ def run(fixtures_dir: Path = DEFAULT_FIXTURES) -> str:
         f"Load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _stage_table(stages: dict[str, list[float]], audio_s: float) -> list[str]:
+    """Where the full pipeline's time goes, stage by stage (from its progress messages),
+    with the CPU it used: above 2 CPU-s per wall-s would mean threads fighting for the
+    2 cores."""
+    lines = [
+        "Full pipeline by stage (all clips, worker thread settings: Whisper 2 threads,"
+        " onnxruntime 1 thread per speaker model, OMP_NUM_THREADS=2):",
+        "",
+        "| stage (progress message) | wall s | s per audio min | CPU-s per wall-s |",
+        "|---|---|---|---|",
+    ]
+    for message, (wall, cpu) in stages.items():
+        if wall >= 0.005:
+            lines.append(
+                f"| {message} | {wall:.2f} | {60 * wall / audio_s:.2f} | {cpu / wall:.2f} |"
+            )
+    return lines
 
 
 def main(argv: list[str]) -> int:
