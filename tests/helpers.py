@@ -25,6 +25,7 @@ __all__ = [
     "FileServer",
     "ServeProcess",
     "Server",
+    "WorkerProcess",
     "free_port",
     "normalise_text",
     "terminal",
@@ -183,6 +184,41 @@ class Server(ServeProcess):
             "VOXTRACE_CALLBACK_BACKOFF_CAP_S": "1",
         }
         super().__init__(data_dir, **{**defaults, **env})
+
+
+class WorkerProcess(Server):
+    """`voxtrace worker` in a subprocess: a node with workers and callback delivery but
+    no API, as another machine sharing a PostgreSQL store runs it (pass
+    VOXTRACE_STORE_URL and VOXTRACE_NODE_ID). Ready once every worker has its models."""
+
+    def __init__(self, data_dir: Path, backend_url: str, models_path: Path, **env: str) -> None:
+        super().__init__(data_dir, backend_url, models_path, **env)
+        self.log = data_dir / "worker.log"
+
+    def start(self, ready_timeout_s: float = 120, wait: bool = True) -> WorkerProcess:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        command = [sys.executable, "-m", "voxtrace.cli", "worker"]
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(command, env=self.env, stdout=log, stderr=log)
+        if wait:
+            self.wait_ready(ready_timeout_s)
+        return self
+
+    def wait_ready(self, timeout_s: float = 120) -> None:
+        """Until each worker has logged `worker <id> ready` (its models are loaded)."""
+        wanted = int(self.env["VOXTRACE_WORKERS"])
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc is None or self.proc.poll() is not None:
+                raise RuntimeError("voxtrace worker exited:\n" + self.log_tail())
+            if len(self.ready_lines()) >= wanted:
+                return
+            time.sleep(0.2)
+        raise RuntimeError("voxtrace worker not ready:\n" + self.log_tail())
+
+    def ready_lines(self) -> list[str]:
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        return re.findall(r"voxtrace\.worker: worker \S+ ready", text)
 
 
 def terminal(calls: list[ReceivedCall]) -> list[ReceivedCall]:

@@ -31,6 +31,7 @@ from tests.hostile_servers import HostileServer
 from voxtrace.devbackend import DevBackend, ServerThread
 
 DATA = Path(__file__).parent / "data"
+ATTEMPTS = 3  # a job that keeps meeting a full disk fails after this many
 
 pytestmark = pytest.mark.slow
 
@@ -183,7 +184,17 @@ def test_disk_nearly_full_fails_cleanly_then_recovers(
     if why_not:
         pytest.skip(f"cannot make a small filesystem: {why_not}")
     receiver_app, thread = backend
-    srv = Server(disk.path, thread.url, models_path, VOXTRACE_MIN_FREE_DISK_MB="10", **POLLING_ENV)
+    # INSUFFICIENT_RESOURCES is retried, each attempt after a wait (5 s, 10 s by default):
+    # a short wait keeps the test fast; each failure still comes after all its attempts.
+    srv = Server(
+        disk.path,
+        thread.url,
+        models_path,
+        VOXTRACE_MIN_FREE_DISK_MB="10",
+        VOXTRACE_MAX_ATTEMPTS=str(ATTEMPTS),
+        VOXTRACE_JOB_RETRY_BACKOFF_BASE_S="0.2",
+        **POLLING_ENV,
+    )
     try:
         srv.start()
         filler = disk.fill(leave_mb=5)
@@ -194,11 +205,13 @@ def test_disk_nearly_full_fails_cleanly_then_recovers(
         (end,) = terminal_calls(rig.wait_terminal(job_id, 120))
         assert end.body["status"] == "failed"
         assert end.body["error_code"] == "INSUFFICIENT_RESOURCES"
+        assert rig.job(job_id)["attempts"] == ATTEMPTS  # retried, then given up
         health = httpx.get(f"{srv.url}/health", timeout=5)
         assert health.status_code == 200 and health.json()["checks"]["store_writable"]
         job_id = rig.submit(files.url("file", "silence.mp4"))  # still accepted
         (end,) = terminal_calls(rig.wait_terminal(job_id, 120))
         assert end.body["error_code"] == "INSUFFICIENT_RESOURCES"
+        assert rig.job(job_id)["attempts"] == ATTEMPTS
 
         # above the floor, but the decoded audio does not fit: ENOSPC inside ffmpeg
         filler.unlink()
@@ -209,6 +222,7 @@ def test_disk_nearly_full_fails_cleanly_then_recovers(
         (end,) = terminal_calls(rig.wait_terminal(job_id, 120))
         assert end.body["status"] == "failed"
         assert end.body["error_code"] == "INSUFFICIENT_RESOURCES"
+        assert rig.job(job_id)["attempts"] == ATTEMPTS
         assert rig.work_empty()
 
         # space freed: jobs complete again

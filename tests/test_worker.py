@@ -1,8 +1,11 @@
 """The worker's progress reporting and the settings that route callbacks (pure logic,
-on the real in-memory store)."""
+on the real in-memory store), and how a job rides out a store outage (a real SQLite
+store whose write lock another connection holds)."""
 
 from __future__ import annotations
 
+import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -11,7 +14,7 @@ import pytest
 from voxtrace.config import get_settings
 from voxtrace.domain import JobStatus, NewJob
 from voxtrace.models import ModelBundle
-from voxtrace.store import MemoryJobStore
+from voxtrace.store import MemoryJobStore, SqliteJobStore
 from voxtrace.worker import JobRunner, LostOwnership, _Progress
 
 
@@ -119,3 +122,96 @@ def test_a_retryable_failure_waits_longer_before_each_attempt(tmp_path: Path) ->
     done = store.get("j1")
     assert done is not None
     assert (done.status, done.error_code) == (JobStatus.FAILED, "INSUFFICIENT_RESOURCES")
+
+
+# ------------------------------------------------------------------ store outages
+
+
+class _Locked:
+    """A real SQLite outage for writers: another connection holds the write lock, and
+    the store's writes fail with sqlite3.OperationalError once its busy timeout ends."""
+
+    def __init__(self, path: Path) -> None:
+        self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+
+    def __enter__(self) -> _Locked:
+        self.conn.execute("BEGIN EXCLUSIVE")
+        return self
+
+    def release(self) -> None:
+        if self.conn.in_transaction:
+            self.conn.execute("COMMIT")
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+        self.conn.close()
+
+
+def test_progress_goes_on_through_a_store_outage_and_is_written_after_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = SqliteJobStore(tmp_path / "jobs.db", busy_timeout_s=0.3)
+    store.submit(NewJob("j1", "https://h/v.mp4", "http://backend"), 10, now=time.time())
+    job = store.claim("w1", lease_s=5, now=time.time())
+    assert job is not None
+    settings = get_settings(heartbeat_s=0.3, lease_s=5)
+    with (
+        caplog.at_level("INFO", logger="voxtrace.store.outage"),
+        _Progress(store, job, "w1", settings) as report,
+    ):
+        with _Locked(store.path):
+            report(30, "Detecting speech regions...")  # the write fails: no exception
+            started = time.monotonic()
+            report(45, "Identifying speakers...")  # kept for later, without waiting
+            assert time.monotonic() - started < 0.2  # (a write would wait 0.3 s)
+            time.sleep(0.6)  # heartbeats fail meanwhile
+        deadline = time.monotonic() + 5  # the store is back: the keep-alive writes it
+        while (stored := store.get("j1")) is not None and stored.progress != 45:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    assert stored is not None
+    assert (stored.progress, stored.message) == (45, "Identifying speakers...")
+    assert store.callback_log("j1")[-1]["progress"] == 45
+    said = [r.getMessage() for r in caplog.records if "job store" in r.getMessage()]
+    assert len(said) == 2, said  # once when it starts, once when it ends: not per try
+    assert "unavailable (OperationalError: database is locked)" in said[0]
+    assert "reachable again" in said[1]
+    assert all(r.exc_info is None for r in caplog.records)  # no stack traces
+    store.close()
+
+
+def test_a_jobs_outcome_waits_for_the_store_to_come_back(tmp_path: Path) -> None:
+    """The outcome is written once the store is back, not lost with the process."""
+    store = SqliteJobStore(tmp_path / "jobs.db", busy_timeout_s=0.1)
+    settings = get_settings(data_dir=tmp_path, min_free_disk_mb=2**40, max_attempts=2)
+    runner = JobRunner(settings, store, ModelBundle(whisper=None), "w1")  # type: ignore[arg-type]
+    store.submit(NewJob("j1", "https://h/v.mp4", "http://backend"), 10, now=time.time())
+    job = store.claim("w1", lease_s=30, now=time.time())
+    assert job is not None
+    with _Locked(store.path) as lock:
+        threading.Timer(1.0, lock.release).start()
+        started = time.monotonic()
+        runner.run(job)  # fails its disk check; the requeue waits for the lock
+        assert time.monotonic() - started >= 1.0
+    queued = store.get("j1")
+    assert queued is not None
+    assert (queued.status, queued.attempts) == (JobStatus.ACCEPTED, 1)
+    assert queued.not_before is not None
+    store.close()
+
+
+def test_a_worker_told_to_stop_gives_up_waiting_for_the_store(tmp_path: Path) -> None:
+    store = SqliteJobStore(tmp_path / "jobs.db", busy_timeout_s=0.1)
+    settings = get_settings(data_dir=tmp_path, min_free_disk_mb=2**40)
+    stopping = threading.Event()
+    runner = JobRunner(settings, store, ModelBundle(whisper=None), "w1", stopping)  # type: ignore[arg-type]
+    store.submit(NewJob("j1", "https://h/v.mp4", "http://backend"), 10, now=time.time())
+    job = store.claim("w1", lease_s=30, now=time.time())
+    assert job is not None
+    with _Locked(store.path):
+        threading.Timer(0.5, stopping.set).start()
+        runner.run(job)  # returns: the job stays with its lease, which will lapse
+    stored = store.get("j1")
+    assert stored is not None and stored.status is JobStatus.PROCESSING
+    assert not (tmp_path / "work" / "j1").exists()
+    store.close()

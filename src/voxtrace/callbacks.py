@@ -9,9 +9,12 @@ Delivery is at-least-once: a callback that reached the backend but whose answer 
 lost is sent again with the same bytes and the same `Idempotency-Key`
 (`<job_id>:<seq>`), so the backend can drop the repeat.
 
-Run ONE dispatcher per store: order within a job holds because a job's next callback
-is only handed out once the previous one is settled, and two dispatchers could each
-be holding a different callback of the same job.
+One dispatcher delivers per store at a time: order within a job holds because a job's
+next callback is only handed out once the previous one is settled, and two dispatchers
+could each be holding a different callback of the same job. With SQLite (one machine)
+that one is `voxtrace serve`'s; with PostgreSQL every machine runs one (`serve` and
+`voxtrace worker` alike) and the store elects which delivers: the others' passes find
+nothing until its session ends, then one of them takes over.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import httpx
 from voxtrace.domain import OutboxItem
 from voxtrace.retry import compute_backoff, is_retryable_status, parse_retry_after
 from voxtrace.store.base import JobStore
+from voxtrace.store.outage import STORE_UNAVAILABLE, StoreOutage
 
 __all__ = ["USER_AGENT", "CallbackDispatcher", "encode_body", "sign_body"]
 
@@ -97,11 +101,20 @@ class CallbackDispatcher:
         return len(items)
 
     def run(self, stop_event: threading.Event, poll_s: float = 0.5) -> None:
-        """Deliver until `stop_event` is set (the body of a background thread)."""
+        """Deliver until `stop_event` is set (the body of a background thread).
+
+        A store outage is waited out (logged once, not per pass); any other failure of a
+        pass is logged and the next pass tries again, so delivery never ends for good.
+        """
+        outage = StoreOutage("callback dispatcher")
         while not stop_event.is_set():
             try:
                 busy = self.deliver_due() > 0
-            except Exception:  # a store hiccup must not end delivery for good
+                outage.recovered()
+            except STORE_UNAVAILABLE as exc:
+                stop_event.wait(outage.failed(exc))
+                continue
+            except Exception:
                 logger.exception("callback delivery pass failed")
                 busy = False
             if not busy:

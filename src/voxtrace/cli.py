@@ -1,7 +1,8 @@
 """Command line: the only place that configures logging and builds settings.
 
-voxtrace serve    API + workers (embedded SQLite store)
-voxtrace worker   workers + callback delivery only (scale-out)
+voxtrace serve    API + workers + callback delivery (SQLite store by default: one machine)
+voxtrace worker   workers without the API, for more machines on one PostgreSQL store
+                  (VOXTRACE_STORE_URL); each delivers callbacks too, one at a time
 voxtrace process  run the pipeline on one file or URL, print JSON/SRT/VTT
 voxtrace job      ask a running server for a job's state
 voxtrace emotion  classify lines of text from stdin (debugging the classifier)
@@ -73,17 +74,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from voxtrace.store import open_store
+    from voxtrace.store import MemoryJobStore, SqliteJobStore, open_store
     from voxtrace.worker import Supervisor
 
     settings = _settings(args, workers=args.workers)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = open_store(settings.store_location)
+    # PostgreSQL elects one dispatcher among all machines; SQLite relies on there being
+    # one, and `voxtrace serve` (the only way jobs come in) already runs it.
+    dispatch = not isinstance(store, SqliteJobStore | MemoryJobStore)
+    if not dispatch:
+        log.info("callbacks are delivered by `voxtrace serve` (one dispatcher per SQLite store)")
     supervisor = Supervisor(settings, store, log_level=args.log_level)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    supervisor.start()
+    supervisor.start(dispatch_callbacks=dispatch)
+    log.info(
+        "worker node %s: %d worker(s) on %s",
+        settings.node_id,
+        settings.workers,
+        type(store).__name__,
+    )
     stop.wait()
     supervisor.stop()
     store.close()

@@ -13,6 +13,12 @@ The one place that wires the job store, the pipeline and the callbacks together.
 Worker ids are `<node_id>/<supervisor pid>/<index>.<generation>`: on start, a supervisor
 takes back every job still held by an earlier incarnation on its node (kill -9 then
 restart loses nothing). Workers die with their supervisor (PR_SET_PDEATHSIG).
+
+A job store outage (the database restarts, the network drops) does not end a worker:
+restarting it would only reload its models, and the store is still gone. It waits with
+a bounded backoff, says so once per outage, and goes on; a running job keeps running,
+its progress and lease writes are retried, and its outcome is written once the store is
+back, where the `worker_id` + `attempt` fence refuses it if the lease lapsed meanwhile.
 """
 
 from __future__ import annotations
@@ -27,23 +33,29 @@ import shutil
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
 from voxtrace.callbacks import CallbackDispatcher
 from voxtrace.config import Settings
 from voxtrace.domain import Job
-from voxtrace.errors import InsufficientResources, ProcessingTimeout, classify_exception
+from voxtrace.errors import (
+    InsufficientResources,
+    ProcessingTimeout,
+    classify_exception,
+)
 from voxtrace.models import ModelBundle, load_models, pipeline_options
 from voxtrace.payloads import completed_payload, failed_payload, progress_payload
 from voxtrace.pipeline.assemble import result_to_contract
 from voxtrace.pipeline.runner import PipelineOptions, run_pipeline
 from voxtrace.retry import compute_backoff
 from voxtrace.store import open_store
-from voxtrace.store.base import JobStore
+from voxtrace.store.base import JobStore, WorkerInfo
+from voxtrace.store.outage import STORE_UNAVAILABLE, StoreOutage, WorkerStopping
 
 __all__ = ["JobRunner", "Supervisor", "worker_main"]
 
@@ -53,6 +65,7 @@ INTERRUPTED_MESSAGE = "Processing was interrupted repeatedly"
 MONITOR_INTERVAL_S = 1.0
 WORKER_SEEN_INTERVAL_S = 5.0
 IDLE_POLL_S = 0.5
+_T = TypeVar("_T")
 
 
 class LostOwnership(Exception):
@@ -68,16 +81,29 @@ class _Progress:
     A keep-alive thread extends the lease and, when the pipeline has been silent for
     `heartbeat_s`, repeats the last progress callback: the backend hears from us at
     least every 30 s even inside one long stage.
+
+    While the store is unavailable the pipeline goes on: the latest progress is kept
+    (the pipeline does not wait on the store again) and the keep-alive thread writes it,
+    and extends the lease, as soon as the store answers.
     """
 
-    def __init__(self, store: JobStore, job: Job, worker_id: str, settings: Settings) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        job: Job,
+        worker_id: str,
+        settings: Settings,
+        outage: StoreOutage | None = None,
+    ) -> None:
         self.store = store
         self.job = job
         self.worker_id = worker_id
         self.settings = settings
         self.progress = job.progress
         self.message = job.message
+        self._outage = outage or StoreOutage(worker_id)
         self._last_sent = 0.0
+        self._unsent = False  # the latest progress is not in the store yet (an outage)
         self._lost = False
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -99,21 +125,31 @@ class _Progress:
             if (progress, message) == (self.progress, self.message) and self._last_sent:
                 return
             self.progress, self.message = progress, message
+            if self._unsent:  # the store is out: the keep-alive thread writes it later
+                return
             self._send()
 
     def _send(self) -> None:
+        """Write the current progress (the caller holds the lock)."""
         callback = None
         if self.settings.send_progress:
             callback = progress_payload(self.job.job_id, self.progress, self.message)
-        owned = self.store.report_progress(
-            self.job.job_id,
-            self.worker_id,
-            self.job.attempts,
-            self.progress,
-            self.message,
-            callback,
-            time.time(),
-        )
+        try:
+            owned = self.store.report_progress(
+                self.job.job_id,
+                self.worker_id,
+                self.job.attempts,
+                self.progress,
+                self.message,
+                callback,
+                time.time(),
+            )
+        except STORE_UNAVAILABLE as exc:
+            self._unsent = True
+            self._outage.failed(exc)
+            return
+        self._unsent = False
+        self._outage.recovered()
         self._last_sent = time.monotonic()
         if not owned:
             self._lost = True
@@ -130,33 +166,65 @@ class _Progress:
                     self.settings.lease_s,
                     time.time(),
                 )
-                if not owned:
-                    self._lost = True
-                    return
+            except STORE_UNAVAILABLE as exc:
+                # Try again next time round; should the lease lapse meanwhile, the fence
+                # on worker_id + attempt decides whose outcome counts.
+                self._outage.failed(exc)
+                continue
+            except Exception:
+                log.exception("job %s: heartbeat failed", self.job.job_id)
+                continue
+            self._outage.recovered()
+            if not owned:
+                self._lost = True
+                return
+            try:
                 with self._lock:
-                    if time.monotonic() - self._last_sent >= self.settings.heartbeat_s:
+                    silent_s = time.monotonic() - self._last_sent
+                    if self._unsent or silent_s >= self.settings.heartbeat_s:
                         self._send()
             except LostOwnership:
                 return
             except Exception:
-                log.exception("job %s: heartbeat failed", self.job.job_id)
+                log.exception("job %s: progress report failed", self.job.job_id)
 
 
 @dataclass
 class JobRunner:
-    """Runs claimed jobs inside a worker process, with the models it was handed."""
+    """Runs claimed jobs inside a worker process, with the models it was handed.
+
+    A job's outcome (complete, requeue, fail) waits out a store outage rather than being
+    lost with the process; `stopping` ends that wait.
+    """
 
     settings: Settings
     store: JobStore
     models: ModelBundle
     worker_id: str
+    stopping: threading.Event = field(default_factory=threading.Event)
+    outage: StoreOutage = field(default_factory=lambda: StoreOutage("worker"))
     _options: PipelineOptions | None = field(default=None, init=False)
 
     def run(self, job: Job) -> None:
         work_dir = self.settings.work_path / job.job_id
         log.info("job %s: attempt %d started on %s", job.job_id, job.attempts, self.worker_id)
         try:
-            with _Progress(self.store, job, self.worker_id, self.settings) as report:
+            self._run(job, work_dir)
+        except WorkerStopping:
+            log.warning(
+                "job %s: stopped before its outcome could be stored; it runs again once"
+                " its lease lapses",
+                job.job_id,
+            )
+        finally:
+            shutil.rmtree(work_dir, ignore_errors=True)
+
+    def _stored(self, call: Callable[[], _T]) -> _T:
+        return self.outage.retry(call, self.stopping)
+
+    def _run(self, job: Job, work_dir: Path) -> None:
+        try:
+            with _Progress(self.store, job, self.worker_id, self.settings, self.outage) as report:
                 report(max(job.progress, 1), "Initialising")
                 _check_free_disk(self.settings)
                 # An earlier attempt's orphaned ffmpeg may still write here: start afresh.
@@ -172,23 +240,21 @@ class JobRunner:
                 )
                 report(99, "Assembling the result")
                 contract = result_to_contract(result)
-            done = self.store.complete(
-                job.job_id,
-                self.worker_id,
-                job.attempts,
-                contract,
-                completed_payload(job.job_id, contract),
-                time.time(),
+            payload = completed_payload(job.job_id, contract)
+            done = self._stored(
+                lambda: self.store.complete(
+                    job.job_id, self.worker_id, job.attempts, contract, payload, time.time()
+                )
             )
             log.info(
                 "job %s: %s", job.job_id, "completed" if done else "result dropped (lost ownership)"
             )
         except LostOwnership:
             log.warning("job %s: ownership lost; leaving it to its new owner", job.job_id)
+        except WorkerStopping:
+            raise
         except Exception as exc:
             self._fail(job, exc)
-        finally:
-            shutil.rmtree(work_dir, ignore_errors=True)
 
     def pipeline_options(self) -> PipelineOptions:
         if self._options is None:
@@ -212,8 +278,10 @@ class JobRunner:
                 self.settings.job_retry_backoff_cap_s,
                 jitter=0.2,
             )
-            if self.store.requeue(
-                job.job_id, self.worker_id, job.attempts, now, not_before=now + delay_s
+            if self._stored(
+                lambda: self.store.requeue(
+                    job.job_id, self.worker_id, job.attempts, now, not_before=now + delay_s
+                )
             ):
                 log.info(
                     "job %s: requeued after a retryable error; next attempt in %.1f s",
@@ -221,16 +289,13 @@ class JobRunner:
                     delay_s,
                 )
                 return
-        current = self.store.get(job.job_id)
+        current = self._stored(lambda: self.store.get(job.job_id))
         progress = current.progress if current else job.progress
-        self.store.fail(
-            job.job_id,
-            self.worker_id,
-            job.attempts,
-            error.code,
-            error.message,
-            failed_payload(job.job_id, progress, error.code, error.message),
-            now,
+        payload = failed_payload(job.job_id, progress, error.code, error.message)
+        self._stored(
+            lambda: self.store.fail(
+                job.job_id, self.worker_id, job.attempts, error.code, error.message, payload, now
+            )
         )
 
 
@@ -252,7 +317,11 @@ def _die_with_parent() -> None:
 
 
 def worker_main(settings: Settings, worker_id: str, log_level: str = "INFO") -> None:
-    """Entry point of a worker process: load models once, then claim and run jobs."""
+    """Entry point of a worker process: load models once, then claim and run jobs.
+
+    The store may be unavailable at any point: the worker waits for it (see
+    `StoreOutage`) instead of exiting, so its models are loaded once per process.
+    """
     from voxtrace.logs import configure_logging
 
     _die_with_parent()
@@ -261,28 +330,37 @@ def worker_main(settings: Settings, worker_id: str, log_level: str = "INFO") -> 
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides
 
-    store = open_store(settings.store_location)
+    outage = StoreOutage(f"worker {worker_id}")
+    try:
+        store = outage.retry(lambda: open_store(settings.store_location), stopping)
+    except WorkerStopping:
+        return
     info: dict[str, Any] = {"worker_id": worker_id, "pid": os.getpid(), "models_loaded": False}
-    store.worker_seen(worker_id, info, time.time())
+    _seen(store, worker_id, info, outage)
     models = load_models(settings)
     info["models_loaded"] = True
-    runner = JobRunner(settings, store, models, worker_id)
+    runner = JobRunner(settings, store, models, worker_id, stopping, outage)
     last_seen = 0.0
     log.info("worker %s ready", worker_id)
     while not stopping.is_set():
         now = time.time()
-        if now - last_seen >= WORKER_SEEN_INTERVAL_S:
-            store.worker_seen(worker_id, {**info, "state": "idle"}, now)
-            last_seen = now
-        job = store.claim(worker_id, settings.lease_s, now)
+        try:
+            if now - last_seen >= WORKER_SEEN_INTERVAL_S:
+                store.worker_seen(worker_id, {**info, "state": "idle"}, now)
+                last_seen = now
+            job = store.claim(worker_id, settings.lease_s, now)
+        except STORE_UNAVAILABLE as exc:
+            stopping.wait(outage.failed(exc))
+            continue
+        outage.recovered()
         if job is None:
             stopping.wait(IDLE_POLL_S)
             continue
         busy = {**info, "state": "busy", "job_id": job.job_id}
-        store.worker_seen(worker_id, busy, now)
+        _seen(store, worker_id, busy, outage)
         done = threading.Event()
         beat = threading.Thread(
-            target=_report_busy, args=(store, worker_id, busy, done), daemon=True
+            target=_report_busy, args=(store, worker_id, busy, done, outage), daemon=True
         )
         beat.start()
         try:
@@ -294,12 +372,29 @@ def worker_main(settings: Settings, worker_id: str, log_level: str = "INFO") -> 
     store.close()
 
 
-def _report_busy(store: JobStore, worker_id: str, info: Any, done: threading.Event) -> None:
+def _seen(store: JobStore, worker_id: str, info: WorkerInfo, outage: StoreOutage) -> bool:
+    """Report the worker's state; during an outage the next report says it again."""
+    try:
+        store.worker_seen(worker_id, info, time.time())
+    except STORE_UNAVAILABLE as exc:
+        outage.failed(exc)
+        return False
+    outage.recovered()
+    return True
+
+
+def _report_busy(
+    store: JobStore,
+    worker_id: str,
+    info: WorkerInfo,
+    done: threading.Event,
+    outage: StoreOutage,
+) -> None:
     """Keep a busy worker visible (`/api/queue`, `/health`) through a long job: without
     this it vanishes from the live workers after WORKER_STALE_S and /health says so."""
     while not done.wait(WORKER_SEEN_INTERVAL_S):
         try:
-            store.worker_seen(worker_id, info, time.time())
+            _seen(store, worker_id, info, outage)
         except Exception:
             log.exception("worker %s: could not report itself", worker_id)
 
@@ -380,7 +475,14 @@ class Supervisor:
             thread.join(timeout=5)
         for slot in self._slots:
             dead = slot.process is None or not slot.process.is_alive()
-            self._reclaim(slot.worker_id, reason="worker stopped", owner_dead=dead)
+            try:
+                self._reclaim(slot.worker_id, reason="worker stopped", owner_dead=dead)
+            except STORE_UNAVAILABLE:
+                log.warning(
+                    "job store unavailable: the jobs of worker %s run again once their"
+                    " leases lapse",
+                    slot.worker_id,
+                )
         if self._http is not None:
             self._http.close()
 
@@ -418,6 +520,9 @@ class Supervisor:
 
     def _monitor(self) -> None:
         last_reap = 0.0
+        # Without the store the supervisor can only wait: its workers wait too, and it
+        # checks again every pass (a dead worker is replaced once the store is back).
+        outage = StoreOutage("supervisor")
         while not self._stop.wait(MONITOR_INTERVAL_S):
             try:
                 for slot in self._slots:
@@ -425,8 +530,13 @@ class Supervisor:
                 if time.monotonic() - last_reap > 5:
                     self._reap_lapsed_leases()
                     last_reap = time.monotonic()
+            except STORE_UNAVAILABLE as exc:
+                outage.failed(exc)
+                continue
             except Exception:
                 log.exception("supervisor pass failed")
+                continue
+            outage.recovered()
 
     def _check_slot(self, slot: _Slot) -> None:
         proc = slot.process

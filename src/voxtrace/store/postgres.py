@@ -206,6 +206,7 @@ class PostgresJobStore(JobStore):
             raise ValueError(f"invalid PostgreSQL job store URL: {self._where}") from None
         self._max_idle = max_idle_connections
         self._lock = threading.Lock()
+        self._down = False  # in an outage: said once, not once per failed call
         self._pid = os.getpid()
         self._idle: list[_Conn] = []
         # The dispatcher's session: it holds the delivery lock while it lives.
@@ -229,14 +230,27 @@ class PostgresJobStore(JobStore):
 
     def _unavailable(self, exc: BaseException) -> errors.CapacityExceeded:
         """The project's error for a store that cannot be reached or written; the
-        detail goes to the log (redacted URL, no password), not to clients."""
-        logger.warning(
+        detail goes to the log (redacted URL, no password), not to clients.
+
+        Callers retry through an outage (workers every few seconds, the dispatcher twice
+        a second): the first failure is a warning, the repeats until a call succeeds
+        again are debug lines.
+        """
+        level = logging.DEBUG if self._down else logging.WARNING
+        self._down = True
+        logger.log(
+            level,
             "job store %s unavailable: %s: %s",
             self._where,
             type(exc).__name__,
             self._scrub(str(exc)).strip(),
         )
         return errors.CapacityExceeded(_UNAVAILABLE)
+
+    def _available(self) -> None:
+        if self._down:
+            self._down = False
+            logger.info("job store %s is reachable again", self._where)
 
     def _connect(self) -> _Conn:
         try:
@@ -326,6 +340,7 @@ class PostgresJobStore(JobStore):
                 self._checkin(conn)
                 raise
             self._checkin(conn)
+            self._available()
             return result
         raise AssertionError("unreachable")  # pragma: no cover
 
