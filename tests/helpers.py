@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import httpx
 
@@ -104,16 +104,19 @@ class ServeProcess:
     def store_path(self) -> Path:
         return self.data_dir / "voxtrace.db"
 
-    def start(self, ready_timeout_s: float = 120, wait: bool = True) -> ServeProcess:
+    def start(self, ready_timeout_s: float = 120, wait: bool = True) -> Self:
         """Start (or restart, after kill9) and wait until /health says ready."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        command = [sys.executable, "-m", "voxtrace.cli", "serve"]
-        command += ["--host", "127.0.0.1", "--port", str(self.port)]
         with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(command, env=self.env, stdout=log, stderr=log)
+            self.proc = subprocess.Popen(self.command(), env=self.env, stdout=log, stderr=log)
         if wait:
             self.wait_ready(ready_timeout_s)
         return self
+
+    def command(self) -> list[str]:
+        """The process to run: the API and its workers on this port."""
+        serve = [sys.executable, "-m", "voxtrace.cli", "serve"]
+        return [*serve, "--host", "127.0.0.1", "--port", str(self.port)]
 
     def wait_ready(self, timeout_s: float = 120) -> None:
         deadline = time.monotonic() + timeout_s
@@ -195,14 +198,9 @@ class WorkerProcess(Server):
         super().__init__(data_dir, backend_url, models_path, **env)
         self.log = data_dir / "worker.log"
 
-    def start(self, ready_timeout_s: float = 120, wait: bool = True) -> WorkerProcess:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        command = [sys.executable, "-m", "voxtrace.cli", "worker"]
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(command, env=self.env, stdout=log, stderr=log)
-        if wait:
-            self.wait_ready(ready_timeout_s)
-        return self
+    def command(self) -> list[str]:
+        """Workers only, no API."""
+        return [sys.executable, "-m", "voxtrace.cli", "worker"]
 
     def wait_ready(self, timeout_s: float = 120) -> None:
         """Until each worker has logged `worker <id> ready` (its models are loaded)."""
