@@ -136,8 +136,9 @@ def test_settings_never_show_their_secrets() -> None:
         api_key="api-key-1a2b3c",
         s3_access_key_id=ACCESS_KEY,
         s3_secret_access_key="s3-secret-4d5e6f",
+        store_url="postgresql://voxtrace:db-pass-7g8h9i@db:5432/voxtrace",
     )
-    secrets = ("cb-secret-9f8e7d", "api-key-1a2b3c", "s3-secret-4d5e6f")
+    secrets = ("cb-secret-9f8e7d", "api-key-1a2b3c", "s3-secret-4d5e6f", "db-pass-7g8h9i")
     for shown in (repr(settings), str(settings), settings.model_dump_json()):
         for secret in secrets:
             assert secret not in shown

@@ -33,7 +33,8 @@ class Settings(BaseSettings):
     host: str = "0.0.0.0"
     port: int = Field(8080, ge=1, le=65535)
     data_dir: Path = Path("data")
-    store_url: str | None = None  # default: sqlite file in data_dir
+    # default: sqlite file in data_dir; may hold a database password: not shown or dumped
+    store_url: str | None = Field(None, repr=False, exclude=True)
     node_id: str = Field(default_factory=socket.gethostname, pattern=r"^[A-Za-z0-9._-]{1,64}$")
     workers: int = Field(default_factory=_default_workers, ge=0, le=64)
     max_active_jobs: int = Field(10, ge=1)
