@@ -1,13 +1,15 @@
 """Fault scenarios against the real `voxtrace serve`: each returns what it observed.
 
 Shared by `tests/test_faults.py` (which asserts on one run) and `reliability.run`
-(which repeats them and counts). Nothing here asserts; it measures.
+(which repeats them and counts); `failover` (two machines on one PostgreSQL store) is
+shared the same way with `tests/test_multinode.py`. Nothing here asserts; it measures.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -16,13 +18,15 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
-from tests.helpers import Server
+from tests.helpers import GatedFileServer, Server, WorkerProcess
 from tests.hostile_servers import HostileServer
 
-from voxtrace.devbackend import DevBackend, ReceivedCall
+from voxtrace.devbackend import DevBackend, ReceivedCall, contract_violations
+from voxtrace.domain import Job, JobOptions, JobStatus, NewJob
+from voxtrace.store import JobStore, open_store
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests" / "data"
@@ -39,6 +43,7 @@ STAGES: dict[str, tuple[int, int]] = {
 TERMINAL = frozenset({"completed", "failed"})
 # The scenarios poll the status API every 20 ms: lift the per-client rate limit.
 POLLING_ENV = {"VOXTRACE_RATE_LIMIT_PER_MINUTE": "100000", "VOXTRACE_RATE_LIMIT_BURST": "10000"}
+_T = TypeVar("_T")
 
 
 def stage_of(progress: int) -> str:
@@ -415,3 +420,199 @@ class Tmpfs:
         if self.mounted:
             subprocess.run(["umount", "-l", str(self.path)], capture_output=True, check=False)
             self.mounted = False
+
+
+# ------------------------------------------------------------------ several machines
+
+FAILOVER_MOMENTS = ("download", "speakers", "transcript", "analysis", "callback")
+DELIVERS = "this process now delivers the callbacks"
+_TROUBLE = re.compile(r" (?:ERROR|CRITICAL) |Traceback")
+
+
+@dataclass
+class FailoverRig:
+    """Two machines on one PostgreSQL schema, both started afresh for each run: m2 runs
+    `voxtrace worker`, m1 `voxtrace serve`; short leases so a lapse shows in seconds."""
+
+    work: Path
+    store_url: str
+    receiver: DevBackend
+    backend_url: str
+    files: GatedFileServer
+    models: Path
+    video: str = "sample.mp4"
+    lease_s: float = 6.0
+    heartbeat_s: float = 2.0
+
+    def node(self, kind: type[Server], run: Path, node_id: str) -> Server:
+        env = {
+            "VOXTRACE_STORE_URL": self.store_url,
+            "VOXTRACE_NODE_ID": node_id,
+            "VOXTRACE_LEASE_S": f"{self.lease_s:g}",
+            "VOXTRACE_HEARTBEAT_S": f"{self.heartbeat_s:g}",
+        }
+        return kind(run / node_id, self.backend_url, self.models, **env)
+
+
+@dataclass
+class FailoverOutcome:
+    moment_wanted: str
+    moment_hit: str  # the stage m2's job was in when killed, "callback", or "-" (missed)
+    progress_at_kill: int
+    status: str
+    attempts: int
+    first_worker: str  # who claimed the job first (m2/...)
+    final_worker: str  # who ran it to the end
+    terminal_calls: int  # terminal callbacks the backend received
+    distinct_terminal: int  # different terminal bodies among them (must be 1)
+    violations: list[str]  # contract_violations of every terminal result
+    progress_received: list[int]  # `progress` of every callback, in arrival order
+    progress_queued: list[int]  # `progress` of every callback queued, in order (outbox)
+    m2_left: list[int]  # m2's processes still alive after the kill (must be none)
+    dispatcher_before: str  # the node delivering callbacks when m2 was killed
+    m1_took_delivery: bool  # m1 logged that it now delivers the callbacks
+    terminal_by_m1: bool  # m1's dispatcher delivered the terminal callback
+    takeover_s: float | None  # kill -> m1 claimed the job (None: it was not rerun)
+    recovery_s: float  # kill -> terminal callback received (the last one)
+    m1_trouble: list[str]  # ERROR/CRITICAL lines and tracebacks in m1's log
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def monotonic(self) -> bool:
+        """Progress never went backwards, as sent and as received."""
+        return all(
+            values == sorted(values) for values in (self.progress_received, self.progress_queued)
+        )
+
+
+def _until(what: str, check: Callable[[], _T | None], timeout_s: float, poll_s: float = 0.02) -> _T:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = check()
+        if found is not None and found is not False:
+            return found
+        time.sleep(poll_s)
+    raise TimeoutError(f"waited {timeout_s:.0f} s for {what}")
+
+
+def _log(node: Server) -> str:
+    return node.log.read_text(errors="replace") if node.log.exists() else ""
+
+
+def failover(rig: FailoverRig, moment: str, callback_delay_s: float = 3.0) -> FailoverOutcome:
+    """m2 alone takes a job; m1 starts; m2's whole process group (supervisor, workers,
+    their ffmpeg) is killed -9 at `moment`, as a machine losing power; m1 must finish.
+
+    `moment` (FAILOVER_MOMENTS): "download" while m2 is still downloading (the file
+    server holds the download), a stage name once m2's progress reaches that stage's
+    range, or "callback": m2 finished the job and its dispatcher (elected first, so it
+    delivers) has the terminal callback in flight to a backend answering slowly.
+    """
+    run = rig.work / f"failover-{moment}-{time.time_ns()}"
+    m2 = rig.node(WorkerProcess, run, "m2")
+    m1 = rig.node(Server, run, "m1")
+    store = open_store(rig.store_url)
+    job_id = str(uuid.uuid4())
+    rig.receiver.register(job_id)
+    notes: list[str] = []
+    try:
+        rig.files.close_gate()  # m2's download waits there until we are ready
+        m2.start(own_group=True)
+        video_url = rig.files.url(rig.video)
+        store.submit(NewJob(job_id, video_url, rig.backend_url, JobOptions()), 100, time.time())
+
+        def claimed_and_downloading() -> Job | None:
+            job = store.get(job_id)
+            held = job is not None and job.status is JobStatus.PROCESSING and rig.files.held
+            return job if held else None
+
+        first = _until("m2 to claim the job", claimed_and_downloading, 60)
+        m1.start()  # /health counts m2's workers too: wait for m1's own worker
+        _until("m1's worker", lambda: re.search(r"worker m1/\S+ ready", _log(m1)), 90, 0.1)
+        before = "m2" if DELIVERS in _log(m2) else "m1" if DELIVERS in _log(m1) else "-"
+
+        if moment != "download":
+            rig.files.open_gate()
+        if moment == "callback":
+            _until("m2 to finish", lambda: _done(store, job_id), 120)
+            rig.receiver.delay_s = callback_delay_s  # the terminal callback: sent, unanswered
+            time.sleep(min(1.0, callback_delay_s / 3))
+            if terminal_calls(rig.receiver.calls_for(job_id)):
+                notes.append("missed: the terminal callback was answered before the kill")
+        elif moment != "download":
+            lo = STAGES[moment][0]
+            _until(f"m2 to reach {moment}", lambda: _progress_at_least(store, job_id, lo), 120)
+        at_kill = store.get(job_id)
+        assert at_kill is not None
+        if moment == "callback":
+            hit = "callback" if not notes else "-"
+        elif at_kill.status is JobStatus.PROCESSING:
+            hit = stage_of(at_kill.progress)
+        else:
+            hit = "-"
+            notes.append("the job finished before the kill")
+        killed_at = time.time()
+        left = m2.kill9_group()
+        rig.files.open_gate()
+        rig.receiver.delay_s = 0.0
+
+        def settled() -> list[dict[str, Any]] | None:
+            ends = [e for e in store.callback_log(job_id) if e["terminal"]]
+            return ends if ends and ends[-1]["state"] != "pending" else None
+
+        _until("the terminal callback to be settled", settled, 120, 0.1)
+        rig.receiver.wait_for(job_id, set(TERMINAL), 30)
+        # A killed request the backend was still answering, or a late duplicate, lands here.
+        time.sleep(callback_delay_s if moment == "callback" else 0.5)
+        final = store.get(job_id)
+        assert final is not None
+        calls = rig.receiver.calls_for(job_id)
+        ends = terminal_calls(calls)
+        violations = [v for c in ends for v in contract_violations(c.body.get("result") or {})]
+        m1_log = _log(m1)
+        delivered = re.compile(
+            rf"callback {re.escape(job_id)}:\d+ \((?:completed|failed)\) delivered"
+        )
+        return FailoverOutcome(
+            moment_wanted=moment,
+            moment_hit=hit,
+            progress_at_kill=at_kill.progress,
+            status=final.status.value,
+            attempts=final.attempts,
+            first_worker=first.worker_id or "",
+            final_worker=final.worker_id or "",
+            terminal_calls=len(ends),
+            distinct_terminal=len({c.raw for c in ends}),
+            violations=violations,
+            progress_received=[int(c.body["progress"]) for c in calls],
+            progress_queued=[int(e["progress"]) for e in store.callback_log(job_id)],
+            m2_left=left,
+            dispatcher_before=before,
+            m1_took_delivery=DELIVERS in m1_log,
+            terminal_by_m1=bool(delivered.search(m1_log)),
+            takeover_s=(
+                round(final.started_at - killed_at, 2)
+                if final.attempts > first.attempts and final.started_at
+                else None
+            ),
+            recovery_s=round(max(c.at for c in ends) - killed_at, 2) if ends else -1.0,
+            m1_trouble=[line for line in m1_log.splitlines() if _TROUBLE.search(line)],
+            notes=notes,
+        )
+    finally:
+        rig.receiver.delay_s = 0.0
+        rig.files.open_gate()
+        m1.stop()
+        if m2.proc is not None and m2.proc.poll() is None:
+            m2.kill9_group()
+        store.close()
+
+
+def _done(store: JobStore, job_id: str) -> bool:
+    job = store.get(job_id)
+    return job is not None and job.status.value in TERMINAL
+
+
+def _progress_at_least(store: JobStore, job_id: str, progress: int) -> bool:
+    job = store.get(job_id)
+    return job is not None and (job.progress >= progress or job.status.value in TERMINAL)

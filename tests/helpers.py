@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import http.server
 import os
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Self
 
@@ -23,10 +25,12 @@ __all__ = [
     "RESULT_PATH",
     "SECRET",
     "FileServer",
+    "GatedFileServer",
     "ServeProcess",
     "Server",
     "WorkerProcess",
     "free_port",
+    "group_members",
     "normalise_text",
     "terminal",
 ]
@@ -74,6 +78,112 @@ class FileServer:
         self.httpd.server_close()
 
 
+class _Gated(http.server.BaseHTTPRequestHandler):
+    server: _GatedHttpd
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        owner = self.server.owner
+        name = self.path.split("?", 1)[0].lstrip("/")
+        file = owner.root / name
+        if not name or "/" in name or not file.is_file():
+            self.send_error(404)
+            return
+        data = file.read_bytes()
+        self.send_response(200)
+        self.send_header("Content-Type", "video/mp4")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        sent = 0
+        try:
+            with owner.counting():
+                # Closed gate: a byte at a time, often enough for no read timeout to fire.
+                while not owner.opened.wait(0.25) and sent < len(data) - 1:
+                    if owner.stopping.is_set():
+                        return
+                    self.wfile.write(data[sent : sent + 1])
+                    self.wfile.flush()
+                    sent += 1
+            self.wfile.write(data[sent:])
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True  # the client is gone (killed, in the failover runs)
+
+
+class _GatedHttpd(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    owner: GatedFileServer
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError):  # a killed client: expected
+            super().handle_error(request, client_address)
+
+
+class GatedFileServer:
+    """A real HTTP file server on 127.0.0.1 whose downloads stall while its gate is
+    closed: a download is then surely in progress for as long as a test needs (a slow
+    S3), and finishes at full speed once the gate opens, for whoever asks next."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.opened = threading.Event()
+        self.opened.set()
+        self.stopping = threading.Event()
+        self.requests = 0
+        self.held = 0  # downloads waiting at the closed gate now
+        self._lock = threading.Lock()
+        self.httpd = _GatedHttpd(("127.0.0.1", 0), _Gated)
+        self.httpd.owner = self
+        self.port = int(self.httpd.server_address[1])
+        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @contextlib.contextmanager
+    def counting(self) -> Iterator[None]:
+        with self._lock:
+            self.requests += 1
+            self.held += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.held -= 1
+
+    def start(self) -> GatedFileServer:
+        self._thread.start()
+        return self
+
+    def close_gate(self) -> None:
+        self.opened.clear()
+
+    def open_gate(self) -> None:
+        self.opened.set()
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.port}/{name}"
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.opened.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes of process group `pgid`, from /proc."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # it ended while we looked
+        state, pgrp = fields[0], int(fields[2])
+        if pgrp == pgid and state not in ("Z", "X"):
+            members.append(int(stat.parent.name))
+    return sorted(members)
+
+
 class ServeProcess:
     """`voxtrace serve` in a subprocess on 127.0.0.1, as an operator runs it.
 
@@ -104,11 +214,22 @@ class ServeProcess:
     def store_path(self) -> Path:
         return self.data_dir / "voxtrace.db"
 
-    def start(self, ready_timeout_s: float = 120, wait: bool = True) -> Self:
-        """Start (or restart, after kill9) and wait until /health says ready."""
+    def start(
+        self, ready_timeout_s: float = 120, wait: bool = True, own_group: bool = False
+    ) -> Self:
+        """Start (or restart, after kill9) and wait until /health says ready.
+
+        `own_group`: in a process group of its own, which `kill9_group` ends whole.
+        """
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(self.command(), env=self.env, stdout=log, stderr=log)
+            self.proc = subprocess.Popen(
+                self.command(),
+                env=self.env,
+                stdout=log,
+                stderr=log,
+                process_group=0 if own_group else None,
+            )
         if wait:
             self.wait_ready(ready_timeout_s)
         return self
@@ -148,6 +269,20 @@ class ServeProcess:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(10)
+
+    def kill9_group(self, timeout_s: float = 10) -> list[int]:
+        """SIGKILL to every process of its group at once (the supervisor, its workers,
+        their ffmpeg), as a machine losing power; returns those still alive after
+        `timeout_s` (none, unless something escaped). Needs `start(own_group=True)`."""
+        assert self.proc is not None
+        pgid = self.proc.pid
+        assert os.getpgid(pgid) == pgid, "not started with own_group=True"
+        os.killpg(pgid, signal.SIGKILL)
+        self.proc.wait(timeout_s)
+        deadline = time.monotonic() + timeout_s
+        while (left := group_members(pgid)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return left
 
     def stop(self) -> int | None:
         """SIGTERM (a graceful stop), then SIGKILL if it hangs; returns the exit code."""

@@ -3,7 +3,9 @@ API and its worker) and `voxtrace worker` as node m2, real models, a real backen
 
 Both nodes take jobs from the one queue; every job ends in exactly one terminal
 callback that satisfies the contract; and one dispatcher delivers them all, although
-both nodes run one (the store elects it).
+both nodes run one (the store elects it). A machine that vanishes mid-job loses nothing:
+the other takes the job over once its lease lapses, and the callback delivery with it
+(`reliability` repeats that scenario at other moments).
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from reliability.scenarios import FailoverRig, failover
 
 from tests import test_store_contract as contract
-from tests.helpers import FileServer, Server, WorkerProcess, terminal
+from tests.helpers import FileServer, GatedFileServer, Server, WorkerProcess, terminal
 from voxtrace.devbackend import DevBackend, ServerThread, contract_violations
 from voxtrace.store import open_store
 
@@ -104,3 +107,46 @@ def test_two_nodes_share_one_queue_and_one_dispatcher(
         m2.stop()
         m1.stop()
         store.close()
+
+
+def test_a_machine_that_vanishes_mid_job_loses_nothing(
+    pg_schema: str,
+    tmp_path: Path,
+    backend: tuple[DevBackend, ServerThread],
+    models_path: Path,
+) -> None:
+    """m2 (`voxtrace worker`, alone) is downloading the job's video when m1 (`voxtrace
+    serve`) joins and m2's whole process group is killed -9 (its workers would die with
+    their supervisor anyway: PR_SET_PDEATHSIG). m1 releases the lapsed lease, runs the
+    job again and, m2 having been the elected dispatcher, delivers the callbacks."""
+    receiver, thread = backend
+    (tmp_path / "files").mkdir()
+    (tmp_path / "files" / "sample.mp4").write_bytes((DATA / "sample.mp4").read_bytes())
+    files = GatedFileServer(tmp_path / "files").start()
+    rig = FailoverRig(
+        work=tmp_path,
+        store_url=contract._in_schema(pg_schema),
+        receiver=receiver,
+        backend_url=thread.url,
+        files=files,
+        models=models_path,
+        lease_s=6,
+        heartbeat_s=2,
+    )
+    try:
+        run = failover(rig, "download")
+    finally:
+        files.stop()
+
+    assert run.moment_hit == "audio" and run.progress_at_kill < 25, run  # mid-download
+    assert run.m2_left == []  # nothing of m2 survived
+    assert run.first_worker.startswith("m2/") and run.final_worker.startswith("m1/"), run
+    assert (run.status, run.attempts) == ("completed", 2)
+    assert run.takeover_s is not None and run.takeover_s <= 6 + 5 + 3, run  # lease + reaper
+    assert (run.terminal_calls, run.distinct_terminal, run.violations) == (1, 1, [])
+    assert receiver.violations == []
+    # The contract: progress never decreases within a job, across attempts too.
+    assert run.monotonic, (run.progress_received, run.progress_queued)
+    assert run.progress_received[-1] == 100
+    assert (run.dispatcher_before, run.m1_took_delivery, run.terminal_by_m1) == ("m2", True, True)
+    assert run.m1_trouble == []

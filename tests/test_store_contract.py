@@ -25,7 +25,7 @@ from voxtrace.domain import JobOptions, JobStatus, NewJob
 from voxtrace.logs import redact_url
 from voxtrace.payloads import completed_payload, failed_payload, progress_payload
 from voxtrace.store import MemoryJobStore, SqliteJobStore, open_store
-from voxtrace.store.base import JobStore
+from voxtrace.store.base import WORKER_RETENTION_S, JobStore
 from voxtrace.store.sqlite import SCHEMA_VERSION
 
 BASE = "http://backend.test"
@@ -560,6 +560,18 @@ def test_live_workers(store: JobStore) -> None:
     assert (w1["state"], w1["pid"], w1["last_seen"]) == ("busy", 11, 300.0)
 
 
+def test_workers_unseen_for_longer_than_the_retention_are_forgotten(store: JobStore) -> None:
+    """Worker ids carry a pid and a generation: without pruning, every restart of every
+    machine would leave a row behind for ever."""
+    store.worker_seen("gone", {"pid": 1}, now=1000.0)
+    store.worker_seen("quiet", {"pid": 2}, now=5000.0)
+    store.worker_seen("w1", {"pid": 3}, now=5000.0 + WORKER_RETENTION_S)  # "quiet": exactly
+    assert [w["worker_id"] for w in store.live_workers(since=0)] == ["quiet", "w1"]
+    store.worker_seen("w1", {"pid": 3}, now=5000.5 + WORKER_RETENTION_S)
+    (w1,) = store.live_workers(since=0)
+    assert (w1["worker_id"], w1["last_seen"]) == ("w1", 5000.5 + WORKER_RETENTION_S)
+
+
 def test_check_writable(store: JobStore) -> None:
     assert store.check_writable()
 
@@ -926,6 +938,108 @@ def test_postgres_a_read_only_store_reads_but_is_not_writable(pg_schema: str) ->
     with pytest.raises(errors.CapacityExceeded):
         store.submit(new_job("a"), max_unfinished=10, now=1.0)
     store.close()
+
+
+def _setting(store: Any, name: str, dispatcher: bool = False) -> str:
+    if dispatcher:
+        store.due_callbacks(now=0.0, limit=1)
+        row = store._dispatch_conn.execute(f"SHOW {name}").fetchone()
+    else:
+        row = store._read(lambda conn: conn.execute(f"SHOW {name}").fetchone())
+    return str(row[name])
+
+
+def test_postgres_sessions_get_a_statement_and_lock_timeout_unless_the_url_sets_them(
+    pg_schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = _pg_store(pg_schema)
+    assert store.schema == pg_schema  # the URL's own options are kept
+    for dispatcher in (False, True):
+        assert _setting(store, "statement_timeout", dispatcher) == "30s"
+        assert _setting(store, "lock_timeout", dispatcher) == "10s"
+        assert _setting(store, "idle_in_transaction_session_timeout", dispatcher) == "1min"
+    store.close()
+    store = _pg_store(pg_schema, "statement_timeout=0", "lock_timeout=2500")  # the URL wins
+    assert (_setting(store, "statement_timeout"), _setting(store, "lock_timeout")) == (
+        "0",
+        "2500ms",
+    )
+    store.close()
+    # Without `options` in the URL, libpq would read PGOPTIONS: so does the merge.
+    from voxtrace.store.postgres import PostgresJobStore
+
+    monkeypatch.setenv("PGOPTIONS", f"-csearch_path={pg_schema} --statement-timeout=7s")
+    store = PostgresJobStore(
+        f"{POSTGRES_URL}{'&' if '?' in POSTGRES_URL else '?'}application_name=x"
+    )
+    assert store.schema == pg_schema
+    assert (_setting(store, "statement_timeout"), _setting(store, "lock_timeout")) == ("7s", "10s")
+    store.close()
+
+
+def _holding(schema: str, *statements: str) -> psycopg.Connection[Any]:
+    """Another session, its transaction left open after `statements` (it holds their locks)."""
+    other = psycopg.connect(_in_schema(schema))
+    for statement in statements:
+        other.execute(statement)
+    return other
+
+
+def test_postgres_a_statement_stuck_behind_a_lock_is_cut_off(
+    pg_schema: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The server ends it; callers see the store's usual "unavailable" error, which they
+    wait out; the session goes back to the pool and works once the lock is gone."""
+    import time
+
+    store = _pg_store(pg_schema, "statement_timeout=400", "lock_timeout=0")
+    submit(store, "a")
+    job_id, attempt = claim(store)
+    other = _holding(pg_schema, "SELECT 1 FROM voxtrace_jobs WHERE job_id = 'a' FOR UPDATE")
+    started = time.monotonic()
+    with pytest.raises(errors.CapacityExceeded, match="Job store unavailable"):
+        store.heartbeat(job_id, "w1", attempt, LEASE_S, now=11.0)
+    assert 0.3 < time.monotonic() - started < 5
+    assert "QueryCanceled" in caplog.text
+    other.rollback()
+    assert store.heartbeat(job_id, "w1", attempt, LEASE_S, now=12.0)
+    other.close()
+    store.close()
+
+
+def test_postgres_submit_waits_for_its_lock_only_so_long(pg_schema: str) -> None:
+    """`submit`'s advisory lock is a lock wait: `lock_timeout` ends it, as "unavailable"
+    (the API's 503, which the backend retries)."""
+    import time
+
+    store = _pg_store(pg_schema, "lock_timeout=300")
+    other = _holding(pg_schema, f"SELECT pg_advisory_xact_lock({store._submit_key})")
+    started = time.monotonic()
+    with pytest.raises(errors.CapacityExceeded, match="Job store unavailable"):
+        submit(store, "a")
+    assert time.monotonic() - started < 5
+    other.rollback()
+    submit(store, "a")
+    assert store.get("a") is not None
+    other.close()
+    store.close()
+
+
+def test_postgres_a_dispatcher_keeps_its_lock_through_a_timed_out_poll(pg_schema: str) -> None:
+    first = _pg_store(pg_schema, "lock_timeout=300")
+    second = _pg_store(pg_schema, "lock_timeout=300")
+    _finished_job(first, "a")
+    (item,) = first.due_callbacks(now=100.0, limit=10)
+    other = _holding(pg_schema, "LOCK TABLE voxtrace_outbox IN ACCESS EXCLUSIVE MODE")
+    with pytest.raises(errors.CapacityExceeded):
+        first.due_callbacks(now=100.0, limit=10)
+    assert second.due_callbacks(now=100.0, limit=10) == []  # no hand-over: first still delivers
+    other.rollback()
+    assert first.due_callbacks(now=100.0, limit=10) == [item]
+    assert second.due_callbacks(now=100.0, limit=10) == []
+    other.close()
+    first.close()
+    second.close()
 
 
 def _claim_in_child(store: Any, out: str) -> None:

@@ -23,6 +23,9 @@ Invariants every implementation keeps:
   SQLite and memory rely on the deployment running one; PostgreSQL elects one itself
   (the others' `due_callbacks` return nothing until it is gone).
 - A job requeued with `not_before` stays `accepted` but is not claimed before then.
+- `worker_seen` forgets workers not seen for more than WORKER_RETENTION_S: worker ids
+  carry a supervisor pid and a generation, so without this every restart would leave a
+  row behind for ever.
 """
 
 from __future__ import annotations
@@ -32,11 +35,15 @@ from typing import Any
 
 from voxtrace.domain import Job, NewJob, OutboxItem, QueueStats
 
-__all__ = ["JobStore", "Payload", "WorkerInfo"]
+__all__ = ["WORKER_RETENTION_S", "JobStore", "Payload", "WorkerInfo"]
 
 
 WorkerInfo = dict[str, Any]
 Payload = dict[str, Any]  # a callback body, as JSON-ready data
+
+# A worker row unseen this long is deleted (live workers report every few seconds; a day
+# keeps yesterday's crashed workers visible to `live_workers(since=0)` for a post-mortem).
+WORKER_RETENTION_S = 24 * 3600.0
 
 
 class JobStore(abc.ABC):
@@ -175,7 +182,9 @@ class JobStore(abc.ABC):
         """Mean wall time of recently completed jobs, for estimated_time."""
 
     @abc.abstractmethod
-    def worker_seen(self, worker_id: str, info: WorkerInfo, now: float) -> None: ...
+    def worker_seen(self, worker_id: str, info: WorkerInfo, now: float) -> None:
+        """Record that `worker_id` is alive (with `info`) at `now`; in the same step,
+        delete the workers last seen before `now - WORKER_RETENTION_S`."""
 
     @abc.abstractmethod
     def live_workers(self, since: float) -> list[WorkerInfo]: ...

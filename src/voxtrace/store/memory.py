@@ -24,7 +24,7 @@ from voxtrace.domain import (
     OutboxItem,
     QueueStats,
 )
-from voxtrace.store.base import JobStore, Payload, WorkerInfo
+from voxtrace.store.base import WORKER_RETENTION_S, JobStore, Payload, WorkerInfo
 
 __all__ = ["MemoryJobStore"]
 
@@ -411,6 +411,9 @@ class MemoryJobStore(JobStore):
         stored = _json_copy(info)
         with self._lock:
             self._workers[worker_id] = (stored, now)
+            forgotten = now - WORKER_RETENTION_S
+            for gone in [w for w, (_, seen) in self._workers.items() if seen < forgotten]:
+                del self._workers[gone]
 
     def live_workers(self, since: float) -> list[WorkerInfo]:
         with self._lock:

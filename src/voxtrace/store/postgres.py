@@ -26,6 +26,14 @@ between threads at once): idle ones are reused, and a process forked from one th
 connections never touches them (psycopg does not close a parent's connection either).
 Connect directly or through a session-mode pooler: the dispatcher's lock is per session.
 
+Every session runs with `statement_timeout` 30 s, `lock_timeout` 10 s and
+`idle_in_transaction_session_timeout` 60 s unless the URL's `options` (or PGOPTIONS) set
+them (`-cstatement_timeout=0` turns one off): a statement stuck behind someone's lock or
+on a sick server ends as "unavailable", which every caller already waits out, instead of
+hanging a worker or an API request for ever. The dispatcher's lock is taken with
+`pg_try_advisory_lock` (it never waits) on a session that is never inside a transaction,
+and outlives a cancelled statement; `submit`'s advisory lock is a lock wait like any other.
+
 Times are the callers' `now` (epoch seconds), as in the other backends: keep the
 machines' clocks in sync (NTP), since leases and retry times compare across machines.
 """
@@ -37,6 +45,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -49,7 +58,7 @@ from psycopg.rows import DictRow, dict_row
 from voxtrace import errors
 from voxtrace.domain import Job, JobOptions, JobStatus, NewJob, OutboxItem, QueueStats
 from voxtrace.logs import redact_url
-from voxtrace.store.base import JobStore, Payload, WorkerInfo
+from voxtrace.store.base import WORKER_RETENTION_S, JobStore, Payload, WorkerInfo
 
 __all__ = ["SCHEMA_VERSION", "PostgresJobStore"]
 
@@ -70,6 +79,18 @@ _CONNECT_DEFAULTS = {
     "keepalives_count": "3",
     "application_name": "voxtrace",
 }
+# Server settings for every session, unless the URL's `options` set them: no statement
+# (a lock wait included) runs for ever, and a transaction whose client vanished (a
+# machine losing power mid-transaction) does not hold its row locks until TCP notices,
+# which on a server without keepalive settings takes hours. Ours take milliseconds; a
+# schema migration that needs longer sets its own with SET LOCAL.
+_SESSION_DEFAULTS = {
+    "statement_timeout": "30s",
+    "lock_timeout": "10s",
+    "idle_in_transaction_session_timeout": "60s",
+}
+# `-c name=value`, `-cname=value` or `--name=value` in libpq's `options`.
+_OPTION_NAME = re.compile(r"(?:-c\s*|--)([A-Za-z_][\w.-]*)\s*=")
 # The server side of the same: a dispatcher whose machine vanished releases its lock.
 _SERVER_KEEPALIVES = (
     "SET tcp_keepalives_idle = 30; SET tcp_keepalives_interval = 10; SET tcp_keepalives_count = 3"
@@ -149,6 +170,13 @@ def _dumps(data: Any) -> str:
     return json.dumps(data, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
 
 
+def _with_session_defaults(options: str) -> str:
+    """libpq `options` plus each of _SESSION_DEFAULTS it does not set itself."""
+    named = {m.group(1).replace("-", "_").lower() for m in _OPTION_NAME.finditer(options)}
+    added = [f"-c{name}={value}" for name, value in _SESSION_DEFAULTS.items() if name not in named]
+    return " ".join(part for part in (options.strip(), *added) if part)
+
+
 def _lock_key(schema: str, purpose: str) -> int:
     """A 64-bit advisory-lock key per schema: two deployments in one database stay apart."""
     digest = hashlib.blake2b(f"voxtrace:{purpose}:{schema}".encode(), digest_size=8).digest()
@@ -201,6 +229,9 @@ class PostgresJobStore(JobStore):
             given = conninfo_to_dict(url)
             self._password = str(given.get("password") or "")
             defaults = {k: v for k, v in _CONNECT_DEFAULTS.items() if k not in given}
+            # libpq reads PGOPTIONS only when the URL has no `options`: merge it the same way.
+            options = given["options"] if "options" in given else os.environ.get("PGOPTIONS")
+            defaults["options"] = _with_session_defaults(str(options or ""))
             self._conninfo = make_conninfo(url, **defaults)
         except psycopg.Error:
             raise ValueError(f"invalid PostgreSQL job store URL: {self._where}") from None
@@ -651,7 +682,8 @@ class PostgresJobStore(JobStore):
 
         Any other caller gets an empty list (it stands by). The lock is taken and the
         items read on one dedicated session, so they are only handed out while the
-        lock is held; a session the server dropped is replaced once.
+        lock is held; a session the server dropped is replaced once, and one whose
+        statement timed out is kept (with its lock).
         """
         with self._dispatch_lock:
             for tries in (1, 2):
@@ -659,6 +691,10 @@ class PostgresJobStore(JobStore):
                     return self._due_as_dispatcher(now, limit)
                 except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
                     conn = self._dispatch_conn
+                    if conn is not None and not conn.closed and not conn.broken:
+                        # The server cancelled a statement (a timeout): the session and
+                        # the lock it holds are intact, and the next poll tries again.
+                        raise self._unavailable(exc) from None
                     self._dispatch_conn, self._dispatching = None, False
                     if conn is not None and not conn.closed:
                         conn.close()  # its lock, if any, goes with it
@@ -767,14 +803,23 @@ class PostgresJobStore(JobStore):
 
     def worker_seen(self, worker_id: str, info: WorkerInfo, now: float) -> None:
         body = _dumps(info)
-        self._run(
-            lambda conn: conn.execute(
+
+        def record(conn: _Conn) -> None:
+            conn.execute(
                 "INSERT INTO voxtrace_workers (worker_id, info, last_seen)"
                 " VALUES (%s, %s::json, %s) ON CONFLICT (worker_id) DO UPDATE"
                 " SET info = EXCLUDED.info, last_seen = EXCLUDED.last_seen",
                 (worker_id, body, now),
             )
-        )
+            # Workers gone for a day; rows another session is writing are left for later.
+            conn.execute(
+                "DELETE FROM voxtrace_workers WHERE worker_id IN ("
+                " SELECT worker_id FROM voxtrace_workers WHERE last_seen < %s"
+                " FOR UPDATE SKIP LOCKED)",
+                (now - WORKER_RETENTION_S,),
+            )
+
+        self._run(record)
 
     def live_workers(self, since: float) -> list[WorkerInfo]:
         rows = self._read(

@@ -26,7 +26,7 @@ from typing import Any
 
 from voxtrace import errors
 from voxtrace.domain import Job, JobOptions, JobStatus, NewJob, OutboxItem, QueueStats
-from voxtrace.store.base import JobStore, Payload, WorkerInfo
+from voxtrace.store.base import WORKER_RETENTION_S, JobStore, Payload, WorkerInfo
 
 __all__ = ["SCHEMA_VERSION", "SqliteJobStore"]
 
@@ -543,6 +543,7 @@ class SqliteJobStore(JobStore):
                 " SET info = excluded.info, last_seen = excluded.last_seen",
                 (worker_id, _dumps(info), now),
             )
+            conn.execute("DELETE FROM workers WHERE last_seen < ?", (now - WORKER_RETENTION_S,))
 
     def live_workers(self, since: float) -> list[WorkerInfo]:
         rows = (
