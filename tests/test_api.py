@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ VIDEO = "https://bucket.s3.ap-northeast-2.amazonaws.com/videos/u/talk.mp4"
 
 
 def make_server(tmp_path: Path, **overrides: Any) -> tuple[ServerThread, SqliteJobStore, Settings]:
-    settings = get_settings(data_dir=tmp_path, workers=0, **overrides)
+    settings = get_settings(**{"data_dir": tmp_path, "workers": 0, **overrides})
     store = SqliteJobStore(tmp_path / "jobs.db")
     server = ServerThread(create_app(settings, store)).start()
     return server, store, settings
@@ -222,6 +223,26 @@ def test_health_queue_and_docs(api: httpx.Client) -> None:
     spec = api.get("/openapi.json").json()
     assert {SUBMIT, "/api/jobs/{job_id}", "/api/queue", "/health"} <= set(spec["paths"])
     assert api.get("/docs").status_code == 200
+
+
+def test_health_is_ready_only_once_this_nodes_own_workers_have_their_models(
+    tmp_path: Path,
+) -> None:
+    """Several machines share a store: another node's loaded workers do not make this one
+    ready, only its own do."""
+    server, store, _ = make_server(tmp_path, workers=1, node_id="m1")
+    try:
+        with httpx.Client(base_url=server.url, timeout=10) as client:
+            now = time.time()
+            store.worker_seen("m2/101/0", {"worker_id": "m2/101/0", "models_loaded": True}, now)
+            store.worker_seen("m1/202/0", {"worker_id": "m1/202/0", "models_loaded": False}, now)
+            assert client.get("/health").json()["ready"] is False
+            store.worker_seen("m1/202/0", {"worker_id": "m1/202/0", "models_loaded": True}, now)
+            health = client.get("/health").json()
+            assert health["ready"] is True and health["checks"]["models_loaded"] is True
+    finally:
+        server.stop()
+        store.close()
 
 
 def test_unexpected_errors_are_generic_500s(tmp_path: Path) -> None:

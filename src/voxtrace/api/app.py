@@ -262,7 +262,13 @@ def create_app(settings: Settings, store: JobStore) -> FastAPI:
     def health(store: Store) -> JSONResponse:
         writable = store.check_writable()
         queue = _queue(store)
-        workers_ok = settings.workers == 0 or any(w.get("models_loaded") for w in queue.workers)
+        # Ready means this node's own workers have their models: on a shared PostgreSQL
+        # store the queue also lists other machines' workers, which say nothing about us.
+        own = f"{settings.node_id}/"
+        workers_ok = settings.workers == 0 or any(
+            w.get("models_loaded") and str(w.get("worker_id", "")).startswith(own)
+            for w in queue.workers
+        )
         checks = {
             "store_writable": writable,
             "workers_alive": workers_ok,
