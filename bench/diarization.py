@@ -216,14 +216,14 @@ def word_attribution(
     reference: Sequence[tuple[str, float, float]],
     turns: Sequence[SpeakerTurn],
 ) -> float:
-    """Share of words given the right speaker, hypothesis speakers mapped optimally."""
+    """Share of words given the right speaker (by the pipeline's own rule), hypothesis
+    speakers mapped optimally."""
     from scipy.optimize import linear_sum_assignment
 
-    hyp_spans = [(t.speaker_id, t.start_s, t.end_s) for t in turns]
-    pairs = [
-        (_most_covering(a, b, reference), _most_covering(a, b, hyp_spans) if hyp_spans else "")
-        for a, b in words
-    ]
+    from voxtrace.pipeline.assemble import assign_speaker
+
+    # the hypothesis side exactly as a job attributes its words
+    pairs = [(_most_covering(a, b, reference), assign_speaker(a, b, turns)) for a, b in words]
     refs = sorted({r for r, _ in pairs})
     hyps = sorted({h for _, h in pairs})
     counts = np.zeros((len(refs), len(hyps)))

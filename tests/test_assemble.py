@@ -59,6 +59,22 @@ def test_assign_speaker_by_largest_overlap() -> None:
     assert assign_speaker(0.2, 1.1, []) == "SPEAKER_00"
 
 
+def test_in_overlapping_speech_a_word_goes_to_the_leading_voice() -> None:
+    """SPEAKER_01 talks over SPEAKER_00 from 1 s to 2 s and leads there: the words there
+    are SPEAKER_01's, however long SPEAKER_00's (secondary) turn is."""
+    turns = [
+        SpeakerTurn(0.0, 1.0, "SPEAKER_00"),
+        SpeakerTurn(1.0, 2.0, "SPEAKER_00", dominant=False),
+        SpeakerTurn(2.0, 4.0, "SPEAKER_00"),
+        SpeakerTurn(1.0, 2.0, "SPEAKER_01"),
+    ]
+    assert assign_speaker(1.2, 1.6, turns) == "SPEAKER_01"
+    assert assign_speaker(0.5, 1.1, turns) == "SPEAKER_00"  # leads most of the word
+    assert assign_speaker(1.9, 2.6, turns) == "SPEAKER_00"  # pieces of one speaker add up
+    secondary_only = [SpeakerTurn(1.0, 2.0, "SPEAKER_03", dominant=False)]
+    assert assign_speaker(1.2, 1.6, secondary_only) == "SPEAKER_03"  # better than nobody
+
+
 def test_splits_at_sentence_ends_but_not_after_abbreviations() -> None:
     t = transcription(timed("Mr. Smith came. Did he? Yes!"))
     segments = build_segments(t, flat_prosody(t), [])

@@ -137,9 +137,13 @@ class SpeechRegion:
 
 @dataclass(frozen=True)
 class SpeakerTurn:
+    """A stretch of one speaker's voice. Turns of different speakers may overlap; where
+    they do, the likelier voice's turn is `dominant` and the other's is not."""
+
     start_s: float
     end_s: float
     speaker_id: str
+    dominant: bool = True
 
 
 @dataclass(frozen=True)

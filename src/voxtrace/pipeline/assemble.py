@@ -47,16 +47,19 @@ class SegmentRules:
 
 
 def assign_speaker(start_s: float, end_s: float, turns: Sequence[SpeakerTurn]) -> str:
-    """The turn overlapping most of the span; the nearest turn when none overlaps."""
+    """The speaker who talks over most of the span, counting only the leading voice
+    where two overlap (`dominant` turns; any turn when none leads there); the nearest
+    turn's speaker when none overlaps."""
     if not turns:
         return DEFAULT_SPEAKER
-    best_id, best_overlap = None, 0.0
-    for turn in turns:
-        overlap = min(end_s, turn.end_s) - max(start_s, turn.start_s)
-        if overlap > best_overlap:
-            best_id, best_overlap = turn.speaker_id, overlap
-    if best_id is not None:
-        return best_id
+    for candidates in ([t for t in turns if t.dominant], turns):
+        cover: dict[str, float] = {}
+        for turn in candidates:
+            overlap = min(end_s, turn.end_s) - max(start_s, turn.start_s)
+            if overlap > 0:
+                cover[turn.speaker_id] = cover.get(turn.speaker_id, 0.0) + overlap
+        if cover:
+            return max(cover, key=cover.__getitem__)  # a tie goes to the earlier turn
     middle = (start_s + end_s) / 2
     nearest = min(turns, key=lambda t: max(t.start_s - middle, middle - t.end_s, 0.0))
     return nearest.speaker_id

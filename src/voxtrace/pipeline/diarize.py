@@ -249,8 +249,8 @@ def _resolve(
     centroids = _add_speakers_heard_apart(centroids, embeddings, locals_, binarized, max_k, options)
     while True:
         labels = _assign(embeddings, centroids, locals_)
-        activity = _reconstruct(analysis, labels, len(centroids))
-        turns = _to_turns(activity, speech, options)
+        activity, leader = _reconstruct(analysis, labels, len(centroids))
+        turns = _to_turns(activity, speech, options, leader)
         durations = _durations(turns, len(centroids))
         heard = [
             _heard_s([t for t in turns if t.speaker_id == str(k)], speech)
@@ -279,8 +279,9 @@ def _resolve(
             ].astype(bool)
             activity[frames][own] = False
             activity[frames][own, k] = True
+            leader[frames][own] = k
             similarity[i] = -np.inf
-        turns = _to_turns(activity, speech, options)
+        turns = _to_turns(activity, speech, options, leader)
     return _relabel(turns)
 
 
@@ -540,9 +541,10 @@ def _assign(
 
 def _reconstruct(
     analysis: _Analysis, labels: npt.NDArray[np.int64], num_speakers: int
-) -> npt.NDArray[np.bool_]:
+) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.int64]]:
     """Global frame-level activity (frames, speakers) from the relabelled windows: per
-    frame, the segmentation's number of voices, given to the likeliest speakers."""
+    frame, the segmentation's number of voices, given to the likeliest speakers; and
+    per frame the likeliest of them (the leading voice where two overlap)."""
     starts, step_frames, locals_ = analysis.starts, analysis.step_frames, analysis.locals_
     num_frames = (len(starts) - 1) * step_frames + SEGMENTATION_NUM_FRAMES
     score = np.zeros((num_frames, num_speakers), dtype=np.float32)
@@ -571,34 +573,56 @@ def _reconstruct(
     for rank in range(int(speakers_per_frame.max(initial=0))):
         rows = np.flatnonzero(speakers_per_frame > rank)
         active[rows, order[rows, rank]] = True
-    return active
+    leader: npt.NDArray[np.int64] = order[:, 0] if num_speakers else np.zeros(num_frames, np.int64)
+    return active, leader
 
 
 def _to_turns(
     active: npt.NDArray[np.bool_],
     speech: Sequence[SpeechRegion],
     options: DiarizationOptions,
+    leader: npt.NDArray[np.int64] | None = None,
 ) -> list[SpeakerTurn]:
-    """Runs of active frames per speaker (cut to the VAD regions if asked)."""
+    """Runs of active frames per speaker (cut to the VAD regions if asked). A run is cut
+    where the speaker stops or starts leading (`leader`: the likeliest voice per frame);
+    the pieces where another voice leads are the second voice of an overlap
+    (`dominant=False`), which words are given to only when nobody leads them."""
     turns = []
     for speaker in range(active.shape[1]):
-        column = np.concatenate([[False], active[:, speaker], [False]]).astype(np.int8)
-        edges = np.flatnonzero(np.diff(column))
-        for first, end in zip(edges[::2], edges[1::2], strict=True):
-            start_s = max(0.0, _FRAME_OFFSET_S + (first - 0.5) * _FRAME_STEP_S)
-            end_s = _FRAME_OFFSET_S + (end - 0.5) * _FRAME_STEP_S
-            if end_s - start_s < options.min_turn_s:
+        for first, end in _runs(active[:, speaker]):
+            run_start_s = max(0.0, _FRAME_OFFSET_S + (first - 0.5) * _FRAME_STEP_S)
+            if _FRAME_OFFSET_S + (end - 0.5) * _FRAME_STEP_S - run_start_s < options.min_turn_s:
                 continue
-            pieces = [(start_s, end_s)]
-            if options.clip_to_regions:
-                pieces = [
-                    (max(start_s, r.start_s), min(end_s, r.end_s))
-                    for r in speech
-                    if min(end_s, r.end_s) > max(start_s, r.start_s)
-                ]
-            for low, high in pieces:
-                turns.append(SpeakerTurn(round(float(low), 3), round(float(high), 3), str(speaker)))
+            leads = np.ones(end - first, dtype=bool)
+            if leader is not None:
+                leads = leader[first:end] == speaker
+            for low, high in _runs(leads, both=True):
+                start_s = max(0.0, _FRAME_OFFSET_S + (first + low - 0.5) * _FRAME_STEP_S)
+                end_s = _FRAME_OFFSET_S + (first + high - 0.5) * _FRAME_STEP_S
+                pieces = [(start_s, end_s)]
+                if options.clip_to_regions:
+                    pieces = [
+                        (max(start_s, r.start_s), min(end_s, r.end_s))
+                        for r in speech
+                        if min(end_s, r.end_s) > max(start_s, r.start_s)
+                    ]
+                dominant = bool(leads[low])
+                for a, b in pieces:
+                    turns.append(
+                        SpeakerTurn(round(float(a), 3), round(float(b), 3), str(speaker), dominant)
+                    )
     return turns
+
+
+def _runs(flags: npt.NDArray[np.bool_], both: bool = False) -> list[tuple[int, int]]:
+    """[first, end) of each run of True (of either value with `both`)."""
+    if both:
+        cuts = np.flatnonzero(np.diff(flags.astype(np.int8))) + 1
+        bounds = [0, *cuts.tolist(), int(flags.size)]
+        return list(itertools.pairwise(bounds))
+    column = np.concatenate([[False], flags, [False]]).astype(np.int8)
+    edges = np.flatnonzero(np.diff(column))
+    return [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2], strict=True)]
 
 
 def _durations(turns: list[SpeakerTurn], num_speakers: int) -> list[float]:
@@ -614,7 +638,7 @@ def _relabel(turns: list[SpeakerTurn]) -> list[SpeakerTurn]:
     names: dict[str, str] = {}
     for turn in turns:
         names.setdefault(turn.speaker_id, f"SPEAKER_{len(names):02d}")
-    return [SpeakerTurn(t.start_s, t.end_s, names[t.speaker_id]) for t in turns]
+    return [SpeakerTurn(t.start_s, t.end_s, names[t.speaker_id], t.dominant) for t in turns]
 
 
 def _stitch(per_window: npt.NDArray[np.bool_], step_frames: int) -> npt.NDArray[np.bool_]:
