@@ -197,16 +197,6 @@ def test_trickling_server_is_cut_off_by_a_total_deadline(corpus: Path, tmp_path:
 # ------------------------------------------------------------- through the server
 
 
-@pytest.fixture(scope="module")
-def backend() -> Iterator[tuple[DevBackend, ServerThread]]:
-    from tests.helpers import SECRET
-
-    receiver = DevBackend(secret=SECRET)
-    thread = ServerThread(receiver.app).start()
-    yield receiver, thread
-    thread.stop()
-
-
 SERVER_CASES = [
     # (url kind, file, expected terminal status, error code, attempts)
     ("file", "bomb_nolen.flac", "failed", "MEDIA_TOO_LONG", 1),  # default 60 min cap

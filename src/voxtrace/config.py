@@ -153,6 +153,12 @@ class Settings(BaseSettings):
         return (*values, store_password) if store_password else values
 
     @property
+    def node_prefix(self) -> str:
+        """What every worker id of this node starts with (ids are `node/pid/slot`): how
+        a node tells its own jobs and workers from other machines' in a shared store."""
+        return f"{self.node_id}/"
+
+    @property
     def store_location(self) -> str:
         return self.store_url or str(self.data_dir / "voxtrace.db")
 

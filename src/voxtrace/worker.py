@@ -43,11 +43,7 @@ import httpx
 from voxtrace.callbacks import CallbackDispatcher
 from voxtrace.config import Settings
 from voxtrace.domain import Job
-from voxtrace.errors import (
-    InsufficientResources,
-    ProcessingTimeout,
-    classify_exception,
-)
+from voxtrace.errors import InsufficientResources, ProcessingTimeout, classify_exception
 from voxtrace.models import ModelBundle, load_models, pipeline_options
 from voxtrace.payloads import completed_payload, failed_payload, progress_payload
 from voxtrace.pipeline.assemble import result_to_contract
@@ -420,7 +416,7 @@ class Supervisor:
         self.settings = settings
         self.store = store
         self.log_level = log_level
-        self.prefix = f"{settings.node_id}/{os.getpid()}/"
+        self.prefix = f"{settings.node_prefix}{os.getpid()}/"
         self._ctx = multiprocessing.get_context("spawn")
         self._slots = [_Slot(i) for i in range(settings.workers)]
         self._stop = threading.Event()
@@ -488,14 +484,13 @@ class Supervisor:
 
     def recover(self) -> None:
         """Take back jobs of this node's earlier incarnations; drop their temp files."""
-        node = f"{self.settings.node_id}/"
-        for job in self.store.jobs_owned_by(node):
+        for job in self.store.jobs_owned_by(self.settings.node_prefix):
             if not job.worker_id or not job.worker_id.startswith(self.prefix):
                 gone = _supervisor_gone(job.worker_id)
                 self._give_back(job, reason="server restarted", owner_dead=gone)
         work = self.settings.work_path
         if work.exists():
-            busy = {j.job_id for j in self.store.jobs_owned_by(node)}
+            busy = {j.job_id for j in self.store.jobs_owned_by(self.settings.node_prefix)}
             for child in work.iterdir():
                 if child.name not in busy:
                     shutil.rmtree(child, ignore_errors=True)

@@ -264,9 +264,8 @@ def create_app(settings: Settings, store: JobStore) -> FastAPI:
         queue = _queue(store)
         # Ready means this node's own workers have their models: on a shared PostgreSQL
         # store the queue also lists other machines' workers, which say nothing about us.
-        own = f"{settings.node_id}/"
         workers_ok = settings.workers == 0 or any(
-            w.get("models_loaded") and str(w.get("worker_id", "")).startswith(own)
+            w.get("models_loaded") and str(w.get("worker_id", "")).startswith(settings.node_prefix)
             for w in queue.workers
         )
         checks = {

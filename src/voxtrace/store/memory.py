@@ -24,7 +24,14 @@ from voxtrace.domain import (
     OutboxItem,
     QueueStats,
 )
-from voxtrace.store.base import WORKER_RETENTION_S, JobStore, Payload, WorkerInfo
+from voxtrace.store.base import (
+    WORKER_RETENTION_S,
+    JobStore,
+    Payload,
+    WorkerInfo,
+    check_owner_args,
+    strict_json,
+)
 
 __all__ = ["MemoryJobStore"]
 
@@ -32,7 +39,7 @@ _UNFINISHED = frozenset({JobStatus.ACCEPTED, JobStatus.PROCESSING})
 
 
 def _json_copy(data: Any) -> Any:
-    return json.loads(json.dumps(data, allow_nan=False))
+    return json.loads(strict_json(data))
 
 
 @dataclass
@@ -238,8 +245,7 @@ class MemoryJobStore(JobStore):
         callback: Payload,
         now: float,
     ) -> bool:
-        if (worker_id is None) != (attempt is None):
-            raise ValueError("pass both worker_id and attempt, or neither")
+        check_owner_args(worker_id, attempt)
         payload = _json_copy(callback)
         with self._lock:
             if worker_id is None or attempt is None:

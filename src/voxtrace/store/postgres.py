@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import os
 import re
@@ -58,7 +57,14 @@ from psycopg.rows import DictRow, dict_row
 from voxtrace import errors
 from voxtrace.domain import Job, JobOptions, JobStatus, NewJob, OutboxItem, QueueStats
 from voxtrace.logs import redact_url
-from voxtrace.store.base import WORKER_RETENTION_S, JobStore, Payload, WorkerInfo
+from voxtrace.store.base import (
+    WORKER_RETENTION_S,
+    JobStore,
+    Payload,
+    WorkerInfo,
+    check_owner_args,
+    strict_json,
+)
 
 __all__ = ["SCHEMA_VERSION", "PostgresJobStore"]
 
@@ -163,11 +169,6 @@ _QUEUED = (
     "status = 'accepted', worker_id = NULL, lease_expires_at = NULL, not_before = %s,"
     " updated_at = %s"
 )
-
-
-def _dumps(data: Any) -> str:
-    """Strict JSON: NaN/Infinity raise ValueError here, before anything is written."""
-    return json.dumps(data, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
 
 
 def _with_session_defaults(options: str) -> str:
@@ -464,7 +465,7 @@ class PostgresJobStore(JobStore):
 
     # ------------------------------------------------------------------ submission
     def submit(self, job: NewJob, max_unfinished: int, now: float) -> tuple[Job, bool]:
-        options = _dumps(job.options.to_dict())
+        options = strict_json(job.options.to_dict())
 
         def insert(conn: _Conn) -> tuple[Job, bool]:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._submit_key,))
@@ -558,7 +559,7 @@ class PostgresJobStore(JobStore):
                 "SELECT 1 FROM voxtrace_outbox WHERE job_id = %s AND terminal", (job_id,)
             ).fetchone()
             if terminal_queued is None:
-                body = _dumps({**callback, "progress": row["progress"]})
+                body = strict_json({**callback, "progress": row["progress"]})
                 self._enqueue(conn, job_id, row["callback_base_url"], body, False, now)
             return True
 
@@ -573,7 +574,7 @@ class PostgresJobStore(JobStore):
         callback: Payload,
         now: float,
     ) -> bool:
-        result_json, body = _dumps(result), _dumps(callback)
+        result_json, body = strict_json(result), strict_json(callback)
 
         def finish(conn: _Conn) -> bool:
             row = conn.execute(
@@ -600,9 +601,8 @@ class PostgresJobStore(JobStore):
         callback: Payload,
         now: float,
     ) -> bool:
-        if (worker_id is None) != (attempt is None):
-            raise ValueError("pass both worker_id and attempt, or neither")
-        _dumps(callback)  # refuse a body that cannot be sent before touching the job
+        check_owner_args(worker_id, attempt)
+        strict_json(callback)  # refuse a body that cannot be sent before touching the job
         set_failed = (
             "UPDATE voxtrace_jobs SET status = 'failed', error_code = %s, error_message = %s,"
             " message = %s, finished_at = %s, updated_at = %s, lease_expires_at = NULL,"
@@ -625,7 +625,7 @@ class PostgresJobStore(JobStore):
             row = cur.fetchone()
             if row is None:
                 return False
-            body = _dumps({**callback, "progress": row["progress"]})
+            body = strict_json({**callback, "progress": row["progress"]})
             self._enqueue(conn, job_id, row["callback_base_url"], body, True, now)
             return True
 
@@ -802,7 +802,7 @@ class PostgresJobStore(JobStore):
         return float(row["mean"]) if row is not None and row["mean"] is not None else None
 
     def worker_seen(self, worker_id: str, info: WorkerInfo, now: float) -> None:
-        body = _dumps(info)
+        body = strict_json(info)
 
         def record(conn: _Conn) -> None:
             conn.execute(

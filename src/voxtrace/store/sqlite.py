@@ -26,7 +26,14 @@ from typing import Any
 
 from voxtrace import errors
 from voxtrace.domain import Job, JobOptions, JobStatus, NewJob, OutboxItem, QueueStats
-from voxtrace.store.base import WORKER_RETENTION_S, JobStore, Payload, WorkerInfo
+from voxtrace.store.base import (
+    WORKER_RETENTION_S,
+    JobStore,
+    Payload,
+    WorkerInfo,
+    check_owner_args,
+    strict_json,
+)
 
 __all__ = ["SCHEMA_VERSION", "SqliteJobStore"]
 
@@ -96,11 +103,6 @@ ALTER TABLE jobs ADD COLUMN not_before REAL;
 _UNFINISHED = (JobStatus.ACCEPTED.value, JobStatus.PROCESSING.value)
 _FENCE = "job_id = ? AND status = 'processing' AND worker_id = ? AND attempts = ?"
 _DUE = "status = 'accepted' AND (not_before IS NULL OR not_before <= ?)"
-
-
-def _dumps(data: Any) -> str:
-    """Strict JSON: NaN/Infinity raise ValueError here, before anything is written."""
-    return json.dumps(data, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
 
 
 class SqliteJobStore(JobStore):
@@ -252,7 +254,7 @@ class SqliteJobStore(JobStore):
 
     # ------------------------------------------------------------------ submission
     def submit(self, job: NewJob, max_unfinished: int, now: float) -> tuple[Job, bool]:
-        options = _dumps(job.options.to_dict())
+        options = strict_json(job.options.to_dict())
         with self._write() as conn:
             existing = self._select_job(conn, job.job_id)
             if existing is not None:
@@ -334,7 +336,7 @@ class SqliteJobStore(JobStore):
                 (stored,) = conn.execute(
                     "SELECT progress FROM jobs WHERE job_id = ?", (job_id,)
                 ).fetchone()
-                body = _dumps({**callback, "progress": stored})
+                body = strict_json({**callback, "progress": stored})
                 self._enqueue(conn, job_id, body, terminal=False, now=now)
             return True
 
@@ -347,7 +349,7 @@ class SqliteJobStore(JobStore):
         callback: Payload,
         now: float,
     ) -> bool:
-        result_json, body = _dumps(result), _dumps(callback)
+        result_json, body = strict_json(result), strict_json(callback)
         with self._write() as conn:
             cur = conn.execute(
                 "UPDATE jobs SET status = 'completed', progress = 100,"
@@ -370,9 +372,8 @@ class SqliteJobStore(JobStore):
         callback: Payload,
         now: float,
     ) -> bool:
-        if (worker_id is None) != (attempt is None):
-            raise ValueError("pass both worker_id and attempt, or neither")
-        _dumps(callback)  # refuse a body that cannot be sent before touching the job
+        check_owner_args(worker_id, attempt)
+        strict_json(callback)  # refuse a body that cannot be sent before touching the job
         with self._write() as conn:
             set_failed = (
                 "UPDATE jobs SET status = 'failed', error_code = ?, error_message = ?,"
@@ -394,7 +395,7 @@ class SqliteJobStore(JobStore):
             (stored,) = conn.execute(
                 "SELECT progress FROM jobs WHERE job_id = ?", (job_id,)
             ).fetchone()
-            body = _dumps({**callback, "progress": stored})
+            body = strict_json({**callback, "progress": stored})
             self._enqueue(conn, job_id, body, terminal=True, now=now)
             return True
 
@@ -541,7 +542,7 @@ class SqliteJobStore(JobStore):
                 "INSERT INTO workers (worker_id, info, last_seen) VALUES (?, ?, ?)"
                 " ON CONFLICT (worker_id) DO UPDATE"
                 " SET info = excluded.info, last_seen = excluded.last_seen",
-                (worker_id, _dumps(info), now),
+                (worker_id, strict_json(info), now),
             )
             conn.execute("DELETE FROM workers WHERE last_seen < ?", (now - WORKER_RETENTION_S,))
 
