@@ -28,7 +28,7 @@ def run() -> str:
         settings = get_settings(
             data_dir=Path(tmp),
             workers=0,
-            max_active_jobs=SUBMISSIONS + 1,
+            max_queued_jobs=SUBMISSIONS + 1,
             rate_limit_burst=SUBMISSIONS + 1,
         )
         store = SqliteJobStore(Path(tmp) / "jobs.db")

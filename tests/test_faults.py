@@ -32,6 +32,7 @@ from voxtrace.devbackend import DevBackend, ServerThread
 
 DATA = Path(__file__).parent / "data"
 ATTEMPTS = 3  # a job that keeps meeting a full disk fails after this many
+STALE_S = 3  # workers unseen this long are not alive (VOXTRACE_WORKER_STALE_S)
 
 pytestmark = pytest.mark.slow
 
@@ -56,7 +57,8 @@ def rig(
 ) -> Iterator[Rig]:
     models, _ = models_dir(models_path, tmp_path_factory.mktemp("models-diarize"))
     data_dir = tmp_path_factory.mktemp("faults")
-    srv = Server(data_dir, backend[1].url, models, **POLLING_ENV).start()
+    env = {**POLLING_ENV, "VOXTRACE_WORKER_STALE_S": str(STALE_S)}
+    srv = Server(data_dir, backend[1].url, models, **env).start()
     yield Rig(srv, files, backend[0], data_dir)
     srv.stop()
 
@@ -252,16 +254,17 @@ def _silence_flac(path: Path, seconds: int) -> None:
 
 
 def test_a_worker_busy_longer_than_the_staleness_window_stays_visible(rig: Rig) -> None:
-    """A busy worker reported itself only when it took the job, so after 30 s
-    (api.app.WORKER_STALE_S) it vanished from /api/queue and /health went unready
-    (`workers_alive: false`) for as long as any long job ran. Now it keeps reporting."""
-    with HostileServer(rig.files.root, slow_bytes_per_s=1_100) as slow:
-        job_id = rig.submit(slow.url("slow", "silence.mp4"))  # ~35 s to download
+    """A busy worker reported itself only when it took the job, so after the staleness
+    window (VOXTRACE_WORKER_STALE_S, 30 s by default) it vanished from /api/queue and
+    /health went unready (`workers_alive: false`) for as long as any long job ran. Now
+    it keeps reporting."""
+    with HostileServer(rig.files.root, slow_bytes_per_s=4_000) as slow:
+        job_id = rig.submit(slow.url("slow", "silence.mp4"))  # ~10 s to download
         deadline = time.monotonic() + 30
         while rig.worker_pid(job_id) is None:
             assert time.monotonic() < deadline
             time.sleep(0.2)
-        time.sleep(33)
+        time.sleep(STALE_S + 1.5)
         assert rig.job(job_id)["status"] == "processing"
         assert rig.worker_pid(job_id) is not None
         health = httpx.get(f"{rig.srv.url}/health", timeout=5).json()
