@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from voxtrace.api.admission import QueueSnapshot, estimate_s
+from voxtrace.config import get_settings
 from voxtrace.domain import QueueStats
 
 
@@ -31,3 +32,9 @@ def test_a_full_queue_says_when_a_slot_frees() -> None:
     )
     assert queue.retry_after_s() == 25
     assert queue.wait_s(ahead=queue.stats.unfinished) == 200
+
+
+def test_a_node_runs_no_more_workers_than_jobs_may_run_at_once() -> None:
+    assert get_settings(workers=12).worker_processes == 10
+    assert get_settings(workers=12, max_concurrent_jobs=4).worker_processes == 4
+    assert get_settings(workers=2).worker_processes == 2

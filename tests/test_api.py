@@ -274,6 +274,26 @@ def test_a_job_waiting_to_retry_reads_as_queued_with_its_retry_time(tmp_path: Pa
         store.close()
 
 
+def test_metrics_report_the_store_at_scrape_time(api: httpx.Client) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for i in range(3):
+        assert api.post(SUBMIT, json={"job_id": f"m{i}", "video_url": VIDEO}).status_code == 200
+    response = api.get("/metrics")
+    assert response.status_code == 200
+    values = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(response.text)
+        for s in family.samples
+    }
+    assert values[("voxtrace_store_up", ())] == 1
+    assert values[("voxtrace_jobs", (("state", "accepted"),))] == 3
+    assert values[("voxtrace_jobs", (("state", "completed"),))] == 0
+    assert values[("voxtrace_queue_depth", ())] == 3
+    assert values[("voxtrace_queue_capacity", ())] == 1000
+    assert values[("voxtrace_workers_alive", (("state", "idle"),))] == 0
+
+
 def test_health_queue_and_docs(api: httpx.Client) -> None:
     health = api.get("/health").json()
     assert health["checks"]["store_writable"] is True

@@ -47,7 +47,8 @@ def burst_server(
         tmp_path_factory.mktemp("burst"),
         backend[1].url,
         models_path,
-        VOXTRACE_WORKERS="2",
+        VOXTRACE_WORKERS="3",
+        VOXTRACE_MAX_CONCURRENT_JOBS="2",  # of the three workers configured, two start
         VOXTRACE_WORKER_STALE_S=STALE_S,
         VOXTRACE_LOG_FORMAT="json",
     ).start()
@@ -107,8 +108,15 @@ def test_a_burst_of_16_is_all_accepted_and_each_ends_in_one_callback(
     assert max(a.json()["estimated_time"] for a in answers) > min(
         a.json()["estimated_time"] for a in answers
     )  # the later ones wait for the earlier ones
+    most_at_once = 0
+    deadline = time.monotonic() + 600
+    while (queue := httpx.get(f"{burst_server.url}/api/queue", timeout=5).json())["unfinished"]:
+        most_at_once = max(most_at_once, queue["processing"])
+        assert time.monotonic() < deadline, queue
+        time.sleep(0.2)
+    assert 1 <= most_at_once <= 2  # VOXTRACE_MAX_CONCURRENT_JOBS
     for job_id in jobs:
-        receiver.wait_for(job_id, {"completed", "failed"}, 600)
+        receiver.wait_for(job_id, {"completed", "failed"}, 60)
     time.sleep(1)  # a second terminal callback would show up here
     for job_id, name in zip(jobs, media, strict=True):
         ends = terminal(receiver.calls_for(job_id))
