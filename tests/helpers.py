@@ -381,6 +381,7 @@ class WorkerProcess(Server):
 
     def ready_lines(self) -> list[str]:
         text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        text = re.sub(r'"logger": "voxtrace\.worker", "message": "', "voxtrace.worker: ", text)
         return re.findall(r"voxtrace\.worker: worker \S+ ready", text)
 
 

@@ -17,7 +17,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers import FileServer, GatedFileServer, Server, terminal
+from tests.helpers import FileServer, GatedFileServer, Server, WorkerProcess, free_port, terminal
 from voxtrace.devbackend import DevBackend, ServerThread
 
 DATA = Path(__file__).parent / "data"
@@ -185,6 +185,37 @@ def test_json_logs_carry_the_job_id_on_every_job_line(burst_server: Server) -> N
     assert pipeline and all(r.get("job_id") for r in pipeline)
     started = [r for r in records if " started on " in r["message"]]
     assert started and all(r["message"].split()[1].rstrip(":") == r["job_id"] for r in started)
+
+
+def test_a_worker_node_without_the_api_serves_metrics_on_its_own_port(
+    tmp_path: Path, models_path: Path
+) -> None:
+    """`voxtrace worker` has no HTTP API: VOXTRACE_METRICS_PORT gives Prometheus a port."""
+    port = free_port()
+    node = WorkerProcess(
+        tmp_path,
+        "http://127.0.0.1:9",
+        models_path,
+        VOXTRACE_STORE_URL=str(tmp_path / "jobs.db"),
+        VOXTRACE_METRICS_PORT=str(port),
+        VOXTRACE_HOST="127.0.0.1",
+        VOXTRACE_WORKER_STALE_S=STALE_S,
+        VOXTRACE_LOG_FORMAT="json",
+    )
+    try:
+        node.start()
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        values = {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+        assert values[("voxtrace_store_up", ())] == 1
+        assert values[("voxtrace_workers_alive", (("state", "idle"),))] == 1
+    finally:
+        node.stop()
+    lines = node.log.read_text().splitlines()
+    assert lines and all(json.loads(line)["message"] for line in lines)  # JSON, every line
 
 
 # -------------------------------------------- workers die with their supervisor
