@@ -28,11 +28,13 @@ __all__ = [
     "QueueSnapshot",
     "check_disk_floor",
     "estimate_s",
+    "retry_after_s",
     "snapshot",
 ]
 
 DEFAULT_JOB_S = 60.0  # before any job has completed: a few minutes of video
 DISK_RETRY_AFTER_S = 60.0  # a full disk takes a while to clear (jobs end, files go)
+STORE_RETRY_AFTER_S = 5.0  # a store outage: the store itself says nothing
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,15 @@ def snapshot(store: JobStore, settings: Settings, now: float | None = None) -> Q
         slots=max(1, slots),
         per_job_s=store.mean_processing_s() or DEFAULT_JOB_S,
     )
+
+
+def retry_after_s(store: JobStore, settings: Settings) -> float:
+    """Retry-After for a refused submission: when a slot has probably freed; a short
+    fixed wait when the store cannot say (it is the store that is out)."""
+    try:
+        return snapshot(store, settings).retry_after_s()
+    except Exception:
+        return STORE_RETRY_AFTER_S
 
 
 def check_disk_floor(settings: Settings) -> None:

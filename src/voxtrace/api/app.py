@@ -223,7 +223,7 @@ def create_app(settings: Settings, store: JobStore) -> FastAPI:
         except VoxtraceError as exc:
             exc.job_id = body.job_id
             if exc.http_status == 503 and exc.retry_after_s is None:
-                exc.retry_after_s = admission.snapshot(store, settings).retry_after_s()
+                exc.retry_after_s = admission.retry_after_s(store, settings)
             raise
         queue = admission.snapshot(store, settings)
         if created:
