@@ -104,6 +104,7 @@ OPERATIONS = [
     "GET /api/jobs/{job_id}",
     "GET /api/queue",
     "GET /health",
+    "GET /metrics",
 ]
 KNOWN_JOBS = ("test-123", "550e8400-e29b-41d4-a716-446655440000")
 

@@ -262,6 +262,7 @@ def create_app(settings: Settings, store: JobStore) -> FastAPI:
     @app.get(
         "/metrics",
         response_class=Response,
+        responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}},
         summary="Prometheus metrics: jobs, queue, workers, stage durations, callbacks",
     )
     def get_metrics(store: Store) -> Response:
