@@ -385,11 +385,19 @@ def section_disk(ctx: Context) -> str:
                         (disk.path / "filler.bin").unlink(missing_ok=True)
                         if leave_mb >= 0:
                             disk.fill(leave_mb)
-                        job_id = rig.submit(files.url("file", name))
+                        ok = httpx.get(f"{srv.url}/health", timeout=5).status_code
+                        job_id = f"disk-{time.time_ns()}"
+                        receiver.register(job_id)
+                        answer = srv.submit(job_id, files.url("file", name))
+                        if answer.status_code != 200:  # below the floor: refused at once
+                            code = answer.json()["error"]["code"]
+                            got = f"refused at submit: {answer.status_code} {code}"
+                            rows.append(f"| {label} | {name} | {got} | 0 | 0 | none | {ok} |")
+                            ctx.log(f"disk: {label}: {got}")
+                            continue
                         ends = terminal_calls(rig.wait_terminal(job_id, 120))
                         job = rig.job(job_id)
                         got = ends[0].body.get("error_code") or ends[0].body["status"]
-                        ok = httpx.get(f"{srv.url}/health", timeout=5).status_code
                         rows.append(
                             f"| {label} | {name} | {got} | {job['attempts']} "
                             f"| {len(ends)} | {'none' if rig.work_empty() else '**yes**'} "

@@ -8,6 +8,7 @@ run's, and leaves no temp file. The full stage matrix, repeated, is in `reliabil
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from reliability.scenarios import (
     terminal_calls,
 )
 
-from tests.helpers import SECRET, Server, free_port
+from tests.helpers import SECRET, GatedFileServer, Server, free_port
 from tests.hostile_servers import HostileServer
 from voxtrace.devbackend import DevBackend, ServerThread
 
@@ -197,23 +198,37 @@ def test_disk_nearly_full_fails_cleanly_then_recovers(
         VOXTRACE_JOB_RETRY_BACKOFF_BASE_S="0.2",
         **POLLING_ENV,
     )
+    gated = GatedFileServer(files.root).start()
     try:
         srv.start()
-        filler = disk.fill(leave_mb=5)
         rig = Rig(srv, files, receiver_app, disk.path)
 
-        # below the free-space floor: refused before any download
-        job_id = rig.submit(files.url("file", "sample.mp4"))
-        (end,) = terminal_calls(rig.wait_terminal(job_id, 120))
+        # jobs accepted before the disk filled up: the worker refuses to start them below
+        # the floor (before any download), retries, then gives up
+        gated.close_gate()
+        running = rig.submit(gated.url("silence.mp4"))  # holds the only worker
+        deadline = time.monotonic() + 60
+        while not gated.held:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        queued = rig.submit(files.url("file", "sample.mp4"))
+        filler = disk.fill(leave_mb=5)
+        gated.open_gate()
+        assert len(terminal_calls(rig.wait_terminal(running, 120))) == 1
+        (end,) = terminal_calls(rig.wait_terminal(queued, 120))
         assert end.body["status"] == "failed"
         assert end.body["error_code"] == "INSUFFICIENT_RESOURCES"
-        assert rig.job(job_id)["attempts"] == ATTEMPTS  # retried, then given up
+        assert rig.job(queued)["attempts"] == ATTEMPTS  # retried, then given up
         health = httpx.get(f"{srv.url}/health", timeout=5)
         assert health.status_code == 200 and health.json()["checks"]["store_writable"]
-        job_id = rig.submit(files.url("file", "silence.mp4"))  # still accepted
-        (end,) = terminal_calls(rig.wait_terminal(job_id, 120))
-        assert end.body["error_code"] == "INSUFFICIENT_RESOURCES"
-        assert rig.job(job_id)["attempts"] == ATTEMPTS
+
+        # new jobs below the floor are refused at submit (503, retryable): the backend
+        # would not retry a job accepted only to fail
+        refused = srv.submit(str(uuid.uuid4()), files.url("file", "silence.mp4"))
+        assert refused.status_code == 503, refused.text
+        assert refused.json()["error"]["code"] == "INSUFFICIENT_RESOURCES"
+        assert int(refused.headers["Retry-After"]) >= 1
+        assert srv.submit(queued, files.url("file", "sample.mp4")).status_code == 200  # known
 
         # above the floor, but the decoded audio does not fit: ENOSPC inside ffmpeg
         filler.unlink()
@@ -235,6 +250,7 @@ def test_disk_nearly_full_fails_cleanly_then_recovers(
         assert rig.work_empty()
     finally:
         srv.stop()
+        gated.stop()
         time.sleep(0.2)
         disk.unmount()
 
