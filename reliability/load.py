@@ -299,7 +299,7 @@ class AdmissionReport:
 
 
 def admission(server: ServeProcess, limit: int, submissions: int, clients: int) -> AdmissionReport:
-    """Concurrent submitters against `VOXTRACE_MAX_ACTIVE_JOBS=limit` (the server must have
+    """Concurrent submitters against `VOXTRACE_MAX_QUEUED_JOBS=limit` (the server must have
     been started with it, and no workers, so no job finishes meanwhile)."""
     answers = submit_many(server.url, job_ids("admit", submissions), clients)
     return AdmissionReport(limit, answers)
@@ -413,7 +413,7 @@ def run_load(
         # 1. the burst, sequential accepts, RSS, nothing lost
         server = ServeProcess(
             root / "burst",
-            VOXTRACE_MAX_ACTIVE_JOBS=HUGE,
+            VOXTRACE_MAX_QUEUED_JOBS=HUGE,
             VOXTRACE_RATE_LIMIT_PER_MINUTE=HUGE,
             VOXTRACE_RATE_LIMIT_BURST=HUGE,
         ).start()
@@ -441,7 +441,7 @@ def run_load(
         # 2. admission control, concurrent submitters
         with ServeProcess(
             root / "admission",
-            VOXTRACE_MAX_ACTIVE_JOBS=admission_limit,
+            VOXTRACE_MAX_QUEUED_JOBS=admission_limit,
             VOXTRACE_RATE_LIMIT_PER_MINUTE=HUGE,
             VOXTRACE_RATE_LIMIT_BURST=HUGE,
         ) as server:
@@ -519,7 +519,7 @@ def run_load(
         f"on `GET /api/jobs/{{id}}`; `/api/queue` unfinished = {unfinished}; after SIGTERM "
         f"(exit code {exit_code}) {len(missing)} missing from the SQLite file.",
         "",
-        f"### Admission control: `VOXTRACE_MAX_ACTIVE_JOBS={admission_limit}`, "
+        f"### Admission control: `VOXTRACE_MAX_QUEUED_JOBS={admission_limit}`, "
         f"{admission_submissions} distinct jobs from 8 concurrent clients",
         "",
         f"- Accepted (200): **{len(adm.accepted)}** (expected exactly {admission_limit}); "

@@ -22,6 +22,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -70,6 +71,7 @@ class Context:
     backend_reps: int = 3
     disk_reps: int = 1
     failover_reps: int = 1
+    burst: int = 16
     seed: int = 1
     log: Callable[[str], None] = print
     notes: list[str] = field(default_factory=list)
@@ -383,11 +385,19 @@ def section_disk(ctx: Context) -> str:
                         (disk.path / "filler.bin").unlink(missing_ok=True)
                         if leave_mb >= 0:
                             disk.fill(leave_mb)
-                        job_id = rig.submit(files.url("file", name))
+                        ok = httpx.get(f"{srv.url}/health", timeout=5).status_code
+                        job_id = f"disk-{time.time_ns()}"
+                        receiver.register(job_id)
+                        answer = srv.submit(job_id, files.url("file", name))
+                        if answer.status_code != 200:  # below the floor: refused at once
+                            code = answer.json()["error"]["code"]
+                            got = f"refused at submit: {answer.status_code} {code}"
+                            rows.append(f"| {label} | {name} | {got} | 0 | 0 | none | {ok} |")
+                            ctx.log(f"disk: {label}: {got}")
+                            continue
                         ends = terminal_calls(rig.wait_terminal(job_id, 120))
                         job = rig.job(job_id)
                         got = ends[0].body.get("error_code") or ends[0].body["status"]
-                        ok = httpx.get(f"{srv.url}/health", timeout=5).status_code
                         rows.append(
                             f"| {label} | {name} | {got} | {job['attempts']} "
                             f"| {len(ends)} | {'none' if rig.work_empty() else '**yes**'} "
@@ -508,6 +518,96 @@ def section_machines(ctx: Context) -> str:
     return "\n".join(lines)
 
 
+@dataclass
+class _BurstRound:
+    codes: Counter[int]
+    accepted: int
+    one_terminal: int
+    completed: int
+    drained_s: float
+    ratios: list[float]  # estimated_time / actual time to the terminal callback
+
+
+def _burst_round(
+    srv: Server, receiver: DevBackend, files: HostileServer, media: list[str]
+) -> _BurstRound:
+    from concurrent.futures import ThreadPoolExecutor
+
+    jobs = [f"burst-{i}-{time.time_ns()}" for i in range(len(media))]
+    for job_id in jobs:
+        receiver.register(job_id)
+    t0 = time.monotonic()
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        pending = [
+            pool.submit(srv.submit, job_id, files.url("file", name))
+            for job_id, name in zip(jobs, media, strict=True)
+        ]
+        answers = [p.result() for p in pending]
+    estimates = {a.json()["job_id"]: a.json()["estimated_time"] for a in answers if a.is_success}
+    ended: dict[str, float] = {}
+    for job_id in estimates:
+        receiver.wait_for(job_id, {"completed", "failed"}, 900)
+        ended[job_id] = time.monotonic() - t0
+    time.sleep(1)  # a second terminal callback would arrive here
+    ends = {j: [c.body["status"] for c in terminal_calls(receiver.calls_for(j))] for j in estimates}
+    return _BurstRound(
+        codes=Counter(a.status_code for a in answers),
+        accepted=len(estimates),
+        one_terminal=sum(1 for e in ends.values() if len(e) == 1),
+        completed=sum(1 for e in ends.values() if e == ["completed"]),
+        drained_s=max(ended.values(), default=0.0),
+        ratios=[estimates[j] / ended[j] for j in estimates if ended[j] > 0],
+    )
+
+
+def section_burst(ctx: Context) -> str:
+    """The deployed backend's burst: N submissions at once to a server with two workers.
+
+    Each must be accepted (the backend fails a refused job for good) and end in exactly
+    one terminal callback; `estimated_time` is compared with when each job really ended,
+    on a fresh server (no job time known yet) and again once jobs have completed.
+    """
+    root = ctx.scratch("burst-files")
+    media = (["jfk.flac", "sample.mp4"] + ["silence.mp4"] * ctx.burst)[: ctx.burst]
+    for name in set(media):
+        (root / name).write_bytes((DATA / name).read_bytes())
+    with (
+        _backend() as (receiver, thread),
+        _files(root) as files,
+        _server(ctx.scratch("burst"), thread.url, ctx.whisper_models, VOXTRACE_WORKERS="2") as srv,
+    ):
+        rounds = [_burst_round(srv, receiver, files, media) for _ in range(2)]
+    lines = [
+        f"## A burst of {len(media)} submissions at once",
+        "",
+        "Two workers, default admission settings (`VOXTRACE_MAX_QUEUED_JOBS=1000`, "
+        "`VOXTRACE_MAX_CONCURRENT_JOBS=10`); media from tests/data "
+        f"({', '.join(f'{media.count(n)} x {n}' for n in sorted(set(media)))}). The second "
+        "burst follows the first on the same server, so its estimates know the job time.",
+        "",
+        "| burst | answers | accepted | one terminal callback | completed | drained after |"
+        " estimated / actual time (median, min, max) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for n, r in enumerate(rounds, 1):
+        spread = (
+            f"{statistics.median(r.ratios):.2f}, {min(r.ratios):.2f}, {max(r.ratios):.2f}"
+            if r.ratios
+            else "-"
+        )
+        lines.append(
+            f"| {n} | {dict(sorted(r.codes.items()))} | **{r.accepted}/{len(media)}** | "
+            f"**{r.one_terminal}/{r.accepted}** | {r.completed}/{r.accepted} | "
+            f"{r.drained_s:.0f} s | {spread} |"
+        )
+    lines += [
+        "",
+        "The first burst's estimates use the 60-s default job time (no job had completed).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
 def section_load(ctx: Context) -> str:
     from reliability.load import run_load
 
@@ -526,6 +626,7 @@ SECTIONS: dict[str, Callable[[Context], str]] = {
     "backend": section_backend,
     "disk": section_disk,
     "machines": section_machines,
+    "burst": section_burst,
     "load": section_load,
     "soak": section_soak,
 }
@@ -550,6 +651,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend-reps", type=int, default=3)
     parser.add_argument("--disk-reps", type=int, default=1)
     parser.add_argument("--failover-reps", type=int, default=1, help="rounds of each moment")
+    parser.add_argument("--burst", type=int, default=16, help="submissions at once")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="one of each")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "reliability.md")
@@ -572,6 +674,7 @@ def main(argv: list[str] | None = None) -> int:
             backend_reps=args.backend_reps,
             disk_reps=args.disk_reps,
             failover_reps=args.failover_reps,
+            burst=args.burst,
             seed=args.seed,
         )
         started = time.monotonic()

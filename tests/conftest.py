@@ -1,14 +1,20 @@
-"""Shared fixtures: test data paths and ONE loaded Whisper model per test session."""
+"""Shared fixtures: test data paths and ONE loaded Whisper model per test session; and a
+session-end check that no voxtrace process the suite started outlives it."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.helpers import SECRET
+from tests.helpers import SECRET, SESSION_ENV, suite_processes
 from voxtrace.config import get_settings
 from voxtrace.devbackend import DevBackend, ServerThread
 from voxtrace.models import ModelBundle, ensure_bundled_whisper_base, load_whisper
@@ -17,6 +23,34 @@ if TYPE_CHECKING:
     from faster_whisper import WhisperModel
 
 DATA_DIR = Path(__file__).parent / "data"
+ORPHAN_GRACE_S = 10.0  # processes told to stop at teardown get this long to end
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Mark every process the suite starts (they inherit the environment)."""
+    os.environ.setdefault(SESSION_ENV, uuid.uuid4().hex)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run when a voxtrace worker or server started by the suite is still alive
+    (after a grace period), and end it: an orphan keeps a port, a store and the CPU."""
+    if hasattr(session.config, "workerinput"):  # an xdist worker: the controller checks
+        return
+    token = os.environ[SESSION_ENV]
+    deadline = time.monotonic() + ORPHAN_GRACE_S
+    while (left := suite_processes(token)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if not left:
+        return
+    for pid, _ in left:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    lines = [f"  pid {pid}: {cmd[:200]}" for pid, cmd in left]
+    message = "voxtrace processes started by the suite outlived it (now killed):\n"
+    if reporter is not None:
+        reporter.write_line(message + "\n".join(lines), red=True)
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(scope="session")

@@ -32,6 +32,7 @@ __all__ = [
     "free_port",
     "group_members",
     "normalise_text",
+    "suite_processes",
     "terminal",
 ]
 
@@ -182,6 +183,35 @@ def group_members(pgid: int) -> list[int]:
         if pgrp == pgid and state not in ("Z", "X"):
             members.append(int(stat.parent.name))
     return sorted(members)
+
+
+SESSION_ENV = "VOXTRACE_TEST_SESSION"  # set by conftest; every process we start inherits it
+
+
+def suite_processes(token: str) -> list[tuple[int, str]]:
+    """Live voxtrace processes (a `voxtrace` command, or a worker: a multiprocessing
+    spawn child) that inherited `SESSION_ENV=token`, other than this one: (pid, cmdline).
+
+    What the suite started and did not end: the session-end check fails the run on them.
+    """
+    marker = f"{SESSION_ENV}={token}".encode()
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        pid = int(proc.name)
+        if pid == os.getpid():
+            continue
+        try:
+            if marker not in (proc / "environ").read_bytes().split(b"\0"):
+                continue
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue  # ended while we looked, or not ours to read
+        if state in ("Z", "X"):
+            continue
+        if "spawn_main" in cmdline or "voxtrace" in cmdline:
+            found.append((pid, cmdline.strip()))
+    return found
 
 
 class ServeProcess:
@@ -351,6 +381,7 @@ class WorkerProcess(Server):
 
     def ready_lines(self) -> list[str]:
         text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        text = re.sub(r'"logger": "voxtrace\.worker", "message": "', "voxtrace.worker: ", text)
         return re.findall(r"voxtrace\.worker: worker \S+ ready", text)
 
 

@@ -149,8 +149,66 @@ def test_body_over_the_cap_is_refused_with_413(api: httpx.Client) -> None:
     )
 
 
-def test_the_eleventh_unfinished_job_is_refused_with_retry_after(tmp_path: Path) -> None:
-    server, store, _ = make_server(tmp_path, max_active_jobs=10)
+def test_a_burst_past_the_processing_limit_is_queued_not_refused(tmp_path: Path) -> None:
+    """The 11th unfinished job used to get 503, and the deployed backend fails a refused
+    job for good: now the queue takes them, with estimates that grow with the queue."""
+    server, store, settings = make_server(tmp_path)
+    assert (settings.max_queued_jobs, settings.max_concurrent_jobs) == (1000, 10)
+    try:
+        with httpx.Client(base_url=server.url) as client:
+            answers = [
+                client.post(SUBMIT, json={"job_id": f"b{i}", "video_url": VIDEO}) for i in range(25)
+            ]
+            assert [a.status_code for a in answers] == [200] * 25
+            estimates = [a.json()["estimated_time"] for a in answers]
+            # workers=0 here: one slot of the default job time each, so every job waits
+            # for all the ones before it
+            assert estimates == sorted(estimates) and estimates[-1] > estimates[0]
+            queue = client.get("/api/queue").json()
+            assert (queue["unfinished"], queue["capacity"], queue["max_concurrent"]) == (
+                25,
+                1000,
+                10,
+            )
+    finally:
+        server.stop()
+        store.close()
+
+
+def test_the_old_max_active_jobs_setting_still_bounds_the_queue(tmp_path: Path) -> None:
+    settings = get_settings(data_dir=tmp_path, max_active_jobs=4)
+    assert settings.max_queued_jobs == 4
+    assert get_settings(max_active_jobs=4, max_queued_jobs=9).max_queued_jobs == 9
+
+
+def test_below_the_disk_floor_new_jobs_get_503_and_known_ones_an_answer(
+    tmp_path: Path,
+) -> None:
+    server, store, _ = make_server(tmp_path)
+    try:
+        with httpx.Client(base_url=server.url) as client:
+            assert client.post(SUBMIT, json={"job_id": "d1", "video_url": VIDEO}).status_code == 200
+    finally:
+        server.stop()
+    # the same data dir, now "full": a floor above any real disk's free space
+    server = ServerThread(
+        create_app(get_settings(data_dir=tmp_path, workers=0, min_free_disk_mb=2**40), store)
+    ).start()
+    try:
+        with httpx.Client(base_url=server.url) as client:
+            r = client.post(SUBMIT, json={"job_id": "d2", "video_url": VIDEO})
+            assert_envelope(r, 503, "INSUFFICIENT_RESOURCES", "d2")
+            assert "disk" in r.json()["error"]["message"]
+            assert int(r.headers["Retry-After"]) >= 1
+            assert client.post(SUBMIT, json={"job_id": "d1", "video_url": VIDEO}).status_code == 200
+            assert store.get("d2") is None
+    finally:
+        server.stop()
+        store.close()
+
+
+def test_past_the_queue_bound_jobs_are_refused_with_retry_after(tmp_path: Path) -> None:
+    server, store, _ = make_server(tmp_path, max_queued_jobs=10)
     try:
         with httpx.Client(base_url=server.url) as client:
             for i in range(10):
@@ -216,10 +274,30 @@ def test_a_job_waiting_to_retry_reads_as_queued_with_its_retry_time(tmp_path: Pa
         store.close()
 
 
+def test_metrics_report_the_store_at_scrape_time(api: httpx.Client) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for i in range(3):
+        assert api.post(SUBMIT, json={"job_id": f"m{i}", "video_url": VIDEO}).status_code == 200
+    response = api.get("/metrics")
+    assert response.status_code == 200
+    values = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(response.text)
+        for s in family.samples
+    }
+    assert values[("voxtrace_store_up", ())] == 1
+    assert values[("voxtrace_jobs", (("state", "accepted"),))] == 3
+    assert values[("voxtrace_jobs", (("state", "completed"),))] == 0
+    assert values[("voxtrace_queue_depth", ())] == 3
+    assert values[("voxtrace_queue_capacity", ())] == 1000
+    assert values[("voxtrace_workers_alive", (("state", "idle"),))] == 0
+
+
 def test_health_queue_and_docs(api: httpx.Client) -> None:
     health = api.get("/health").json()
     assert health["checks"]["store_writable"] is True
-    assert health["queue"]["capacity"] == 10
+    assert health["queue"]["capacity"] == 1000
     spec = api.get("/openapi.json").json()
     assert {SUBMIT, "/api/jobs/{job_id}", "/api/queue", "/health"} <= set(spec["paths"])
     assert api.get("/docs").status_code == 200

@@ -8,6 +8,7 @@ run's, and leaves no temp file. The full stage matrix, repeated, is in `reliabil
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,12 +27,13 @@ from reliability.scenarios import (
     terminal_calls,
 )
 
-from tests.helpers import SECRET, Server, free_port
+from tests.helpers import SECRET, GatedFileServer, Server, free_port
 from tests.hostile_servers import HostileServer
 from voxtrace.devbackend import DevBackend, ServerThread
 
 DATA = Path(__file__).parent / "data"
 ATTEMPTS = 3  # a job that keeps meeting a full disk fails after this many
+STALE_S = 6  # workers unseen this long are not alive (VOXTRACE_WORKER_STALE_S)
 
 pytestmark = pytest.mark.slow
 
@@ -56,7 +58,8 @@ def rig(
 ) -> Iterator[Rig]:
     models, _ = models_dir(models_path, tmp_path_factory.mktemp("models-diarize"))
     data_dir = tmp_path_factory.mktemp("faults")
-    srv = Server(data_dir, backend[1].url, models, **POLLING_ENV).start()
+    env = {**POLLING_ENV, "VOXTRACE_WORKER_STALE_S": str(STALE_S)}
+    srv = Server(data_dir, backend[1].url, models, **env).start()
     yield Rig(srv, files, backend[0], data_dir)
     srv.stop()
 
@@ -195,23 +198,37 @@ def test_disk_nearly_full_fails_cleanly_then_recovers(
         VOXTRACE_JOB_RETRY_BACKOFF_BASE_S="0.2",
         **POLLING_ENV,
     )
+    gated = GatedFileServer(files.root).start()
     try:
         srv.start()
-        filler = disk.fill(leave_mb=5)
         rig = Rig(srv, files, receiver_app, disk.path)
 
-        # below the free-space floor: refused before any download
-        job_id = rig.submit(files.url("file", "sample.mp4"))
-        (end,) = terminal_calls(rig.wait_terminal(job_id, 120))
+        # jobs accepted before the disk filled up: the worker refuses to start them below
+        # the floor (before any download), retries, then gives up
+        gated.close_gate()
+        running = rig.submit(gated.url("silence.mp4"))  # holds the only worker
+        deadline = time.monotonic() + 60
+        while not gated.held:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        queued = rig.submit(files.url("file", "sample.mp4"))
+        filler = disk.fill(leave_mb=5)
+        gated.open_gate()
+        assert len(terminal_calls(rig.wait_terminal(running, 120))) == 1
+        (end,) = terminal_calls(rig.wait_terminal(queued, 120))
         assert end.body["status"] == "failed"
         assert end.body["error_code"] == "INSUFFICIENT_RESOURCES"
-        assert rig.job(job_id)["attempts"] == ATTEMPTS  # retried, then given up
+        assert rig.job(queued)["attempts"] == ATTEMPTS  # retried, then given up
         health = httpx.get(f"{srv.url}/health", timeout=5)
         assert health.status_code == 200 and health.json()["checks"]["store_writable"]
-        job_id = rig.submit(files.url("file", "silence.mp4"))  # still accepted
-        (end,) = terminal_calls(rig.wait_terminal(job_id, 120))
-        assert end.body["error_code"] == "INSUFFICIENT_RESOURCES"
-        assert rig.job(job_id)["attempts"] == ATTEMPTS
+
+        # new jobs below the floor are refused at submit (503, retryable): the backend
+        # would not retry a job accepted only to fail
+        refused = srv.submit(str(uuid.uuid4()), files.url("file", "silence.mp4"))
+        assert refused.status_code == 503, refused.text
+        assert refused.json()["error"]["code"] == "INSUFFICIENT_RESOURCES"
+        assert int(refused.headers["Retry-After"]) >= 1
+        assert srv.submit(queued, files.url("file", "sample.mp4")).status_code == 200  # known
 
         # above the floor, but the decoded audio does not fit: ENOSPC inside ffmpeg
         filler.unlink()
@@ -233,6 +250,7 @@ def test_disk_nearly_full_fails_cleanly_then_recovers(
         assert rig.work_empty()
     finally:
         srv.stop()
+        gated.stop()
         time.sleep(0.2)
         disk.unmount()
 
@@ -252,16 +270,17 @@ def _silence_flac(path: Path, seconds: int) -> None:
 
 
 def test_a_worker_busy_longer_than_the_staleness_window_stays_visible(rig: Rig) -> None:
-    """A busy worker reported itself only when it took the job, so after 30 s
-    (api.app.WORKER_STALE_S) it vanished from /api/queue and /health went unready
-    (`workers_alive: false`) for as long as any long job ran. Now it keeps reporting."""
-    with HostileServer(rig.files.root, slow_bytes_per_s=1_100) as slow:
-        job_id = rig.submit(slow.url("slow", "silence.mp4"))  # ~35 s to download
+    """A busy worker reported itself only when it took the job, so after the staleness
+    window (VOXTRACE_WORKER_STALE_S, 30 s by default) it vanished from /api/queue and
+    /health went unready (`workers_alive: false`) for as long as any long job ran. Now
+    it keeps reporting."""
+    with HostileServer(rig.files.root, slow_bytes_per_s=2_500) as slow:
+        job_id = rig.submit(slow.url("slow", "silence.mp4"))  # ~15 s to download
         deadline = time.monotonic() + 30
         while rig.worker_pid(job_id) is None:
             assert time.monotonic() < deadline
             time.sleep(0.2)
-        time.sleep(33)
+        time.sleep(STALE_S + 1.5)
         assert rig.job(job_id)["status"] == "processing"
         assert rig.worker_pid(job_id) is not None
         health = httpx.get(f"{rig.srv.url}/health", timeout=5).json()

@@ -104,6 +104,7 @@ OPERATIONS = [
     "GET /api/jobs/{job_id}",
     "GET /api/queue",
     "GET /health",
+    "GET /metrics",
 ]
 KNOWN_JOBS = ("test-123", "550e8400-e29b-41d4-a716-446655440000")
 
@@ -118,7 +119,7 @@ def api_schema(tmp_path: Path) -> Iterator[OpenApiSchema]:
         tmp_path,
         rate_limit_per_minute=1_000_000,
         rate_limit_burst=1_000_000,
-        max_active_jobs=1_000_000,
+        max_queued_jobs=1_000_000,
     )
     app = create_app(app_settings, store)
     # Known jobs, so generated path ids and resubmissions sometimes hit real rows.
@@ -187,7 +188,7 @@ def test_overload_answers_keep_the_envelope_and_the_schema(tmp_path: Path) -> No
     """503 (admission control) and 429 (rate limit) are documented and enveloped too."""
     store = SqliteJobStore(tmp_path / "jobs.db")
     app = create_app(
-        _app_settings(tmp_path, max_active_jobs=1, rate_limit_per_minute=1, rate_limit_burst=3),
+        _app_settings(tmp_path, max_queued_jobs=1, rate_limit_per_minute=1, rate_limit_burst=3),
         store,
     )
     server = ServerThread(app).start()

@@ -32,7 +32,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
+from voxtrace import metrics
 from voxtrace.domain import OutboxItem
+from voxtrace.logs import job_context
 from voxtrace.retry import compute_backoff, is_retryable_status, parse_retry_after
 from voxtrace.store.base import JobStore
 from voxtrace.store.outage import STORE_UNAVAILABLE, StoreOutage
@@ -97,7 +99,8 @@ class CallbackDispatcher:
         """One pass over the outbox: try every due callback once; returns how many."""
         items = self._store.due_callbacks(self._clock(), limit)
         for item in items:
-            self._deliver(item)
+            with job_context(item.job_id):
+                self._deliver(item)
         return len(items)
 
     def run(self, stop_event: threading.Event, poll_s: float = 0.5) -> None:
@@ -144,17 +147,21 @@ class CallbackDispatcher:
         try:
             response = self._http.post(url, content=body, headers=headers, timeout=self._timeout_s)
         except httpx.UnsupportedProtocol:
+            metrics.count_callback("unsupported_url", str(status), "give_up")
             self._give_up(item, "unsupported callback URL scheme", where)
             return
         except httpx.HTTPError as exc:  # connection refused, timeouts, protocol errors
-            self._failed(item, type(exc).__name__, retry_after_s=None, where=where)
+            retried = self._failed(item, type(exc).__name__, retry_after_s=None, where=where)
+            metrics.count_callback(type(exc).__name__, str(status), retried)
             return
         except httpx.InvalidURL:
+            metrics.count_callback("invalid_url", str(status), "give_up")
             self._give_up(item, "invalid callback URL", where)
             return
 
         code = response.status_code
         if 200 <= code < 300:
+            metrics.count_callback(str(code), str(status), None)
             self._store.mark_delivered(item.id, self._clock())
             logger.info(
                 "callback %s:%s (%s) delivered to %s: HTTP %d",
@@ -166,19 +173,21 @@ class CallbackDispatcher:
             )
         elif is_retryable_status(code):
             retry_after = parse_retry_after(response.headers.get("Retry-After"), self._clock())
-            self._failed(item, f"HTTP {code}", retry_after_s=retry_after, where=where)
+            retried = self._failed(item, f"HTTP {code}", retry_after_s=retry_after, where=where)
+            metrics.count_callback(str(code), str(status), retried)
         else:
+            metrics.count_callback(str(code), str(status), "give_up")
             self._give_up(item, f"HTTP {code}", where)
 
-    def _failed(
-        self, item: OutboxItem, error: str, retry_after_s: float | None, where: str
-    ) -> None:
-        """A failure that may pass: retry with backoff within the callback's window."""
+    def _failed(self, item: OutboxItem, error: str, retry_after_s: float | None, where: str) -> str:
+        """A failure that may pass: retry with backoff within the callback's window.
+
+        Returns what followed, for the metrics: "retry" or "give_up"."""
         now = self._clock()
         deadline = item.created_at + self._retry_window_s
         if now >= deadline:
             self._give_up(item, f"{error}; retry window over", where)
-            return
+            return "give_up"
         delay = compute_backoff(
             item.attempts + 1,
             self._backoff_base_s,
@@ -199,6 +208,7 @@ class CallbackDispatcher:
             item.attempts + 1,
             next_at - now,
         )
+        return "retry"
 
     def _give_up(self, item: OutboxItem, error: str, where: str) -> None:
         self._store.mark_dead(item.id, error, self._clock())

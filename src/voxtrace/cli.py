@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -39,8 +40,23 @@ def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise SystemExit(f"voxtrace: invalid configuration: {problems}") from None
-    configure_logging(args.log_level, settings.secret_values())
+    configure_logging(args.log_level, settings.secret_values(), settings.log_format)
+    if os.environ.get("VOXTRACE_MAX_ACTIVE_JOBS"):
+        log.warning(
+            "VOXTRACE_MAX_ACTIVE_JOBS is deprecated: it is read as VOXTRACE_MAX_QUEUED_JOBS"
+            " (jobs accepted into the queue, now %d); VOXTRACE_MAX_CONCURRENT_JOBS bounds"
+            " the jobs processed at once",
+            settings.max_queued_jobs,
+        )
     return settings
+
+
+def _count_across_processes(settings: Settings) -> None:
+    """Metrics from the worker processes (stage durations) and this one (callbacks)
+    are added up at scrape time: before anything imports prometheus_client."""
+    from voxtrace import metrics
+
+    metrics.use_multiprocess_dir(settings.data_dir / "metrics")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -52,11 +68,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = _settings(args, host=args.host, port=args.port, workers=args.workers)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    _count_across_processes(settings)
     store = open_store(settings.store_location)
     supervisor = Supervisor(settings, store, log_level=args.log_level)
     supervisor.start()
     log.info(
-        "serving on http://%s:%d with %d worker(s)", settings.host, settings.port, settings.workers
+        "serving on http://%s:%d with %d worker(s)",
+        settings.host,
+        settings.port,
+        settings.worker_processes,
     )
     try:
         uvicorn.run(
@@ -65,6 +85,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             port=settings.port,
             log_level=args.log_level.lower(),
             access_log=False,
+            log_config=None,  # uvicorn's lines go through our handler: format, redaction
             timeout_graceful_shutdown=5,
         )
     finally:
@@ -79,7 +100,20 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     settings = _settings(args, workers=args.workers)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    _count_across_processes(settings)
     store = open_store(settings.store_location)
+    if settings.metrics_port:  # no API on this node: Prometheus scrapes this port
+        from prometheus_client import start_http_server
+
+        from voxtrace import metrics
+        from voxtrace.api.admission import snapshot
+
+        start_http_server(
+            settings.metrics_port,
+            settings.host,
+            registry=metrics.collector(lambda: snapshot(store, settings), settings),
+        )
+        log.info("metrics on http://%s:%d/metrics", settings.host, settings.metrics_port)
     # PostgreSQL elects one dispatcher among all machines; SQLite relies on there being
     # one, and `voxtrace serve` (the only way jobs come in) already runs it.
     dispatch = not isinstance(store, SqliteJobStore | MemoryJobStore)
@@ -93,7 +127,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     log.info(
         "worker node %s: %d worker(s) on %s",
         settings.node_id,
-        settings.workers,
+        settings.worker_processes,
         type(store).__name__,
     )
     stop.wait()

@@ -37,7 +37,18 @@ class Settings(BaseSettings):
     store_url: str | None = Field(None, repr=False, exclude=True)
     node_id: str = Field(default_factory=socket.gethostname, pattern=r"^[A-Za-z0-9._-]{1,64}$")
     workers: int = Field(default_factory=_default_workers, ge=0, le=64)
-    max_active_jobs: int = Field(10, ge=1)
+    # Admission: jobs are accepted into the durable queue up to this many unfinished
+    # (accepted + processing); only past it (or below the disk floor) does submit answer
+    # 503. The deployed backend never retries a refused job, so the bound is large.
+    max_queued_jobs: int = Field(1000, ge=1)
+    # Processing: at most this many jobs run at once on this node (never more than the
+    # worker processes): `workers` above it start only this many.
+    max_concurrent_jobs: int = Field(10, ge=1)
+    # Deprecated: read into max_queued_jobs (see `_deprecated_names`); always None here.
+    max_active_jobs: int | None = Field(None, ge=1, exclude=True, repr=False)
+    # A worker unseen for this long is not alive (/api/queue, /health, estimates); workers
+    # report themselves at a third of it (at most every 5 s).
+    worker_stale_s: float = Field(30.0, ge=0.5)
     max_body_bytes: int = Field(50 * 1024 * 1024, ge=1024)
     rate_limit_per_minute: int = Field(600, ge=1)
     rate_limit_burst: int = Field(100, ge=1)
@@ -85,6 +96,10 @@ class Settings(BaseSettings):
     callback_backoff_cap_s: float = Field(300.0, gt=0)
     send_progress: bool = True
 
+    # --- operations
+    log_format: Literal["text", "json"] = "text"  # json: one object a line, with job_id
+    metrics_port: int = Field(0, ge=0, le=65535)  # `voxtrace worker` serves /metrics; 0: off
+
     # --- models
     whisper_model: str = "base"  # "base" = bundled; or a CTranslate2 dir, or a hub name
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -92,6 +107,18 @@ class Settings(BaseSettings):
     beam_size: int = Field(5, ge=1, le=20)
     cpu_threads: int = Field(0, ge=0)  # 0 = cores / workers
     model_dir: Path | None = None  # where assembled models live; default data_dir/models
+
+    @model_validator(mode="before")
+    @classmethod
+    def _deprecated_names(cls, data: object) -> object:
+        """VOXTRACE_MAX_ACTIVE_JOBS (before 0.2) bounded the unfinished jobs admitted:
+        it is read as VOXTRACE_MAX_QUEUED_JOBS unless that is set too."""
+        if isinstance(data, dict) and "max_active_jobs" in data:
+            data = dict(data)
+            value = data.pop("max_active_jobs")
+            if value is not None:
+                data.setdefault("max_queued_jobs", value)
+        return data
 
     @field_validator(
         "allow_http_hosts", "allow_download_hosts", "callback_allowlist", mode="before"
@@ -172,10 +199,21 @@ class Settings(BaseSettings):
         return self.model_dir or self.data_dir / "models"
 
     @property
+    def worker_processes(self) -> int:
+        """Worker processes this node runs: one job each, so never more than
+        `max_concurrent_jobs`."""
+        return min(self.workers, self.max_concurrent_jobs)
+
+    @property
+    def worker_report_s(self) -> float:
+        """How often a worker reports itself: well inside the staleness window."""
+        return min(5.0, self.worker_stale_s / 3)
+
+    @property
     def threads_per_worker(self) -> int:
         if self.cpu_threads:
             return self.cpu_threads
-        return max(1, (os.cpu_count() or 2) // max(1, self.workers))
+        return max(1, (os.cpu_count() or 2) // max(1, self.worker_processes))
 
     def callback_base_for(self, requested: str | None) -> str:
         """The base URL to call back: the request's own only when it is allowlisted."""

@@ -2,13 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import json
 import logging
 import re
 import sys
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
-__all__ = ["RedactingFilter", "configure_logging", "redact_url"]
+__all__ = [
+    "JsonFormatter",
+    "RedactingFilter",
+    "configure_logging",
+    "job_context",
+    "redact_url",
+]
+
+# The job a thread is working for: every line it logs meanwhile carries this job_id.
+_JOB_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("job_id", default=None)
+# Lines written before the context existed name their job as their first argument:
+# "job %s: ..." and "callback %s:%s ..." (job_id, seq).
+_JOB_LINE = re.compile(r"^(?:job|callback) %s\b")
 
 # A URL's query string may hold a presigned signature or credentials: never log it.
 _URL_QUERY = re.compile(r"(https?://[^\s?#\"']+)\?[^\s\"']*")
@@ -53,6 +69,8 @@ class RedactingFilter(logging.Filter):
         return text
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "job_id"):  # before the arguments may be folded in below
+            record.job_id = record_job_id(record)
         message = record.getMessage()
         redacted = self.redact(message)
         if redacted != message:
@@ -64,13 +82,82 @@ class RedactingFilter(logging.Filter):
         return True
 
 
-def configure_logging(level: str = "INFO", secrets: Iterable[str] = ()) -> None:
+@contextlib.contextmanager
+def job_context(job_id: str) -> Iterator[None]:
+    """Lines logged inside (this thread, and threads started with a copy of this
+    context) carry `job_id`."""
+    token = _JOB_ID.set(job_id)
+    try:
+        yield
+    finally:
+        _JOB_ID.reset(token)
+
+
+def record_job_id(record: logging.LogRecord) -> str | None:
+    """The job a log line is about: its `extra`, the thread's job, or its first argument
+    when the line is a "job %s: ..." one."""
+    given = getattr(record, "job_id", None)
+    if isinstance(given, str):
+        return given
+    current = _JOB_ID.get()
+    if current is not None:
+        return current
+    args, msg = record.args, record.msg
+    if isinstance(args, tuple) and args and isinstance(msg, str) and _JOB_LINE.match(msg):
+        return args[0] if isinstance(args[0], str) else None
+    return None
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line (`VOXTRACE_LOG_FORMAT=json`), for log collectors: time,
+    level, process, logger, message, and `job_id` on every line about a job."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, object] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "process": record.processName,
+            "pid": record.process,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        job_id = record_job_id(record)
+        if job_id is not None:
+            line["job_id"] = job_id
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            line["exception"] = record.exc_text
+        return json.dumps(line, ensure_ascii=False)
+
+
+class _TextFormatter(logging.Formatter):
+    """The plain format; a line about a job ends with ` job_id=...` unless the message
+    names it already."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        job_id = record_job_id(record)
+        if job_id is not None and job_id not in record.getMessage():
+            return f"{text} job_id={job_id}"
+        return text
+
+
+def configure_logging(
+    level: str = "INFO", secrets: Iterable[str] = (), log_format: str = "text"
+) -> None:
     """Log to stderr through the redacting filter; `secrets` are values never to print
-    (pass `Settings.secret_values()`)."""
+    (pass `Settings.secret_values()`); `log_format` "json" writes one object a line."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        logging.Formatter("%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s")
-    )
+    formatter: logging.Formatter
+    if log_format == "json":
+        formatter = JsonFormatter()
+        formatter.converter = time.gmtime
+    else:
+        formatter = _TextFormatter(
+            "%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"
+        )
+    handler.setFormatter(formatter)
     handler.addFilter(RedactingFilter(secrets))
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -12,7 +12,14 @@ The one place that wires the job store, the pipeline and the callbacks together.
 
 Worker ids are `<node_id>/<supervisor pid>/<index>.<generation>`: on start, a supervisor
 takes back every job still held by an earlier incarnation on its node (kill -9 then
-restart loses nothing). Workers die with their supervisor (PR_SET_PDEATHSIG).
+restart loses nothing).
+
+Workers die with their supervisor in every state (starting, idle, running a job, waiting
+out a store outage): on Linux the kernel sends SIGKILL when the supervisor's thread that
+started them ends (PR_SET_PDEATHSIG, set first thing in the worker; a supervisor that
+died before that is caught by comparing the parent pid), and everywhere a watch thread
+sees the end of the pipe multiprocessing keeps to the parent (and a changed parent pid)
+within a second, and ends the worker. A worker's ffmpeg dies with it the same way.
 
 A job store outage (the database restarts, the network drops) does not end a worker:
 restarting it would only reload its models, and the store is still gone. It waits with
@@ -27,10 +34,12 @@ import contextlib
 import ctypes
 import logging
 import multiprocessing
+import multiprocessing.connection
 import multiprocessing.process
 import os
 import shutil
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -40,10 +49,12 @@ from typing import Any, TypeVar
 
 import httpx
 
+from voxtrace import metrics
 from voxtrace.callbacks import CallbackDispatcher
 from voxtrace.config import Settings
 from voxtrace.domain import Job
 from voxtrace.errors import InsufficientResources, ProcessingTimeout, classify_exception
+from voxtrace.logs import job_context
 from voxtrace.models import ModelBundle, load_models, pipeline_options
 from voxtrace.payloads import completed_payload, failed_payload, progress_payload
 from voxtrace.pipeline.assemble import result_to_contract
@@ -59,8 +70,8 @@ log = logging.getLogger(__name__)
 
 INTERRUPTED_MESSAGE = "Processing was interrupted repeatedly"
 MONITOR_INTERVAL_S = 1.0
-WORKER_SEEN_INTERVAL_S = 5.0
 IDLE_POLL_S = 0.5
+PARENT_POLL_S = 1.0
 _T = TypeVar("_T")
 
 
@@ -152,6 +163,10 @@ class _Progress:
             raise LostOwnership
 
     def _keep_alive(self) -> None:
+        with job_context(self.job.job_id):
+            self._keep_alive_loop()
+
+    def _keep_alive_loop(self) -> None:
         interval = min(self.settings.heartbeat_s, self.settings.lease_s / 3) / 2
         while not self._stop.wait(interval):
             try:
@@ -202,6 +217,10 @@ class JobRunner:
     _options: PipelineOptions | None = field(default=None, init=False)
 
     def run(self, job: Job) -> None:
+        with job_context(job.job_id):
+            self._run_logged(job)
+
+    def _run_logged(self, job: Job) -> None:
         work_dir = self.settings.work_path / job.job_id
         log.info("job %s: attempt %d started on %s", job.job_id, job.attempts, self.worker_id)
         try:
@@ -233,6 +252,7 @@ class JobRunner:
                     self.pipeline_options(),
                     job.options,
                     report,
+                    metrics.observe_stage,
                 )
                 report(99, "Assembling the result")
                 contract = result_to_contract(result)
@@ -305,23 +325,65 @@ def _check_free_disk(settings: Settings) -> None:
 # ------------------------------------------------------------------ worker process
 
 
-def _die_with_parent() -> None:
-    """Linux: have the kernel SIGKILL this process when its supervisor dies."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+PR_SET_PDEATHSIG = 1
 
 
-def worker_main(settings: Settings, worker_id: str, log_level: str = "INFO") -> None:
+def _die_with_parent(parent_pid: int) -> None:
+    """End this process when its supervisor ends, whatever the process is doing.
+
+    Linux: the kernel SIGKILLs us when the parent's spawning thread ends. The signal
+    is armed only now, a second or more after the spawn (the interpreter and its
+    imports): a supervisor killed meanwhile left us with another parent already, so
+    that is checked right after arming. Everywhere, a daemon thread watches the parent.
+    """
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)  # the C library already loaded
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent_pid:
+        _orphaned(parent_pid)
+    threading.Thread(
+        target=_watch_parent, args=(parent_pid,), name="parent-watch", daemon=True
+    ).start()
+
+
+def _watch_parent(parent_pid: int) -> None:
+    """Backstop for PR_SET_PDEATHSIG (other systems; a prctl that failed): the pipe
+    multiprocessing holds open to the parent reads as ready once the parent is gone."""
+    parent = multiprocessing.parent_process()
+    sentinel = parent.sentinel if parent is not None else None
+    while True:
+        if sentinel is not None:
+            gone = bool(multiprocessing.connection.wait([sentinel], timeout=PARENT_POLL_S))
+        else:
+            time.sleep(PARENT_POLL_S)
+            gone = False
+        if gone or os.getppid() != parent_pid:
+            _orphaned(parent_pid)
+
+
+def _orphaned(parent_pid: int) -> None:
+    """The supervisor is gone: nobody will reap, time or restart us. End now; the
+    job we held runs again from the store (its lease lapses, or a restarted
+    supervisor takes it back at once)."""
+    with contextlib.suppress(Exception):
+        log.error("supervisor (pid %d) is gone; worker %d exits", parent_pid, os.getpid())
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def worker_main(
+    settings: Settings, worker_id: str, log_level: str = "INFO", parent_pid: int | None = None
+) -> None:
     """Entry point of a worker process: load models once, then claim and run jobs.
 
     The store may be unavailable at any point: the worker waits for it (see
     `StoreOutage`) instead of exiting, so its models are loaded once per process.
+    `parent_pid` is the supervisor's pid, as it was when it started us.
     """
     from voxtrace.logs import configure_logging
 
-    _die_with_parent()
-    configure_logging(log_level, settings.secret_values())
+    _die_with_parent(os.getppid() if parent_pid is None else parent_pid)
+    configure_logging(log_level, settings.secret_values(), settings.log_format)
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides
@@ -341,7 +403,7 @@ def worker_main(settings: Settings, worker_id: str, log_level: str = "INFO") -> 
     while not stopping.is_set():
         now = time.time()
         try:
-            if now - last_seen >= WORKER_SEEN_INTERVAL_S:
+            if now - last_seen >= settings.worker_report_s:
                 store.worker_seen(worker_id, {**info, "state": "idle"}, now)
                 last_seen = now
             job = store.claim(worker_id, settings.lease_s, now)
@@ -356,7 +418,9 @@ def worker_main(settings: Settings, worker_id: str, log_level: str = "INFO") -> 
         _seen(store, worker_id, busy, outage)
         done = threading.Event()
         beat = threading.Thread(
-            target=_report_busy, args=(store, worker_id, busy, done, outage), daemon=True
+            target=_report_busy,
+            args=(store, worker_id, busy, done, outage, settings.worker_report_s),
+            daemon=True,
         )
         beat.start()
         try:
@@ -385,10 +449,11 @@ def _report_busy(
     info: WorkerInfo,
     done: threading.Event,
     outage: StoreOutage,
+    interval_s: float,
 ) -> None:
     """Keep a busy worker visible (`/api/queue`, `/health`) through a long job: without
-    this it vanishes from the live workers after WORKER_STALE_S and /health says so."""
-    while not done.wait(WORKER_SEEN_INTERVAL_S):
+    this it vanishes from the live workers after `worker_stale_s` and /health says so."""
+    while not done.wait(interval_s):
         try:
             _seen(store, worker_id, info, outage)
         except Exception:
@@ -410,7 +475,7 @@ class _Slot:
 
 
 class Supervisor:
-    """Keeps `settings.workers` worker processes running and enforces job limits."""
+    """Keeps `settings.worker_processes` worker processes running and enforces job limits."""
 
     def __init__(self, settings: Settings, store: JobStore, log_level: str = "INFO") -> None:
         self.settings = settings
@@ -418,7 +483,15 @@ class Supervisor:
         self.log_level = log_level
         self.prefix = f"{settings.node_prefix}{os.getpid()}/"
         self._ctx = multiprocessing.get_context("spawn")
-        self._slots = [_Slot(i) for i in range(settings.workers)]
+        self._slots = [_Slot(i) for i in range(settings.worker_processes)]
+        if settings.workers > settings.worker_processes:
+            log.info(
+                "%d workers configured, %d started: at most %d jobs run at once"
+                " (VOXTRACE_MAX_CONCURRENT_JOBS)",
+                settings.workers,
+                settings.worker_processes,
+                settings.max_concurrent_jobs,
+            )
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._http: httpx.Client | None = None
@@ -506,7 +579,7 @@ class Supervisor:
         slot.worker_id = f"{self.prefix}{slot.index}.{slot.generation}"
         slot.process = self._ctx.Process(
             target=worker_main,
-            args=(self.settings, slot.worker_id, self.log_level),
+            args=(self.settings, slot.worker_id, self.log_level, os.getpid()),
             name=f"voxtrace-worker-{slot.index}",
         )
         slot.process.start()

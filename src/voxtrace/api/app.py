@@ -16,10 +16,11 @@ from urllib.parse import urlsplit
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from voxtrace import __version__
+from voxtrace import __version__, metrics
+from voxtrace.api import admission
 from voxtrace.api.limits import BodySizeLimit, TokenBucketLimiter
 from voxtrace.api.schemas import (
     ErrorEnvelope,
@@ -45,9 +46,6 @@ from voxtrace.store.base import JobStore
 __all__ = ["create_app"]
 
 log = logging.getLogger(__name__)
-
-DEFAULT_JOB_SECONDS = 60.0  # before any job has completed: a few minutes of video
-WORKER_STALE_S = 30.0
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorEnvelope},
@@ -214,30 +212,33 @@ def create_app(settings: Settings, store: JobStore) -> FastAPI:
             max_speakers=body.max_speakers,
         )
         try:
+            existing = store.get(body.job_id)
+            if existing is None:  # a resubmission is answered even on a full disk
+                admission.check_disk_floor(settings)
             job, created = store.submit(
                 NewJob(body.job_id, body.video_url, base, options),
-                max_unfinished=settings.max_active_jobs,
+                max_unfinished=settings.max_queued_jobs,
                 now=time.time(),
             )
         except VoxtraceError as exc:
             exc.job_id = body.job_id
-            if exc.http_status == 503:
-                exc.retry_after_s = _estimate_s(store, ahead=0)
+            if exc.http_status == 503 and exc.retry_after_s is None:
+                exc.retry_after_s = admission.retry_after_s(store, settings)
             raise
+        queue = admission.snapshot(store, settings)
         if created:
             log.info("job %s accepted (%s)", job.job_id, redact_url(job.video_url))
-            stats = store.stats()
             return ProcessVideoAccepted(
                 job_id=job.job_id,
                 status=JobStatus.ACCEPTED.value,
                 message="Processing started",
-                estimated_time=_estimate_s(store, ahead=stats.unfinished - 1),
+                estimated_time=queue.estimate_s(ahead=queue.stats.unfinished - 1),
             )
         return ProcessVideoAccepted(
             job_id=job.job_id,
             status=job.status.value,
             message=job.message or "Job already exists",
-            estimated_time=0 if job.is_terminal else _estimate_s(store, ahead=0),
+            estimated_time=0 if job.is_terminal else queue.estimate_s(ahead=0),
             progress=job.progress,
         )
 
@@ -258,13 +259,23 @@ def create_app(settings: Settings, store: JobStore) -> FastAPI:
     def get_queue(store: Store) -> QueuePublic:
         return _queue(store)
 
+    @app.get(
+        "/metrics",
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}},
+        summary="Prometheus metrics: jobs, queue, workers, stage durations, callbacks",
+    )
+    def get_metrics(store: Store) -> Response:
+        body, content_type = metrics.render(lambda: admission.snapshot(store, settings), settings)
+        return Response(body, media_type=content_type)
+
     @app.get("/health", response_model=HealthPublic, summary="Liveness and readiness")
     def health(store: Store) -> JSONResponse:
         writable = store.check_writable()
         queue = _queue(store)
         # Ready means this node's own workers have their models: on a shared PostgreSQL
         # store the queue also lists other machines' workers, which say nothing about us.
-        workers_ok = settings.workers == 0 or any(
+        workers_ok = settings.worker_processes == 0 or any(
             w.get("models_loaded") and str(w.get("worker_id", "")).startswith(settings.node_prefix)
             for w in queue.workers
         )
@@ -284,23 +295,20 @@ def create_app(settings: Settings, store: JobStore) -> FastAPI:
         return JSONResponse(body.model_dump(), status_code=200 if writable else 503)
 
     def _queue(store: JobStore) -> QueuePublic:
-        stats = store.stats()
+        queue = admission.snapshot(store, settings)
+        stats = queue.stats
         return QueuePublic(
             accepted=stats.accepted,
             processing=stats.processing,
             completed=stats.completed,
             failed=stats.failed,
             unfinished=stats.unfinished,
-            capacity=settings.max_active_jobs,
+            capacity=settings.max_queued_jobs,
+            max_concurrent=settings.max_concurrent_jobs,
+            running_slots=queue.slots,
+            estimated_wait_s=queue.wait_s(ahead=stats.unfinished),
             callbacks_pending=stats.callbacks_pending,
-            workers=store.live_workers(since=time.time() - WORKER_STALE_S),
+            workers=queue.workers,
         )
-
-    def _estimate_s(store: JobStore, ahead: int) -> int:
-        per_job = store.mean_processing_s() or DEFAULT_JOB_SECONDS
-        workers = max(
-            1, len(store.live_workers(since=time.time() - WORKER_STALE_S)) or settings.workers
-        )
-        return max(1, math.ceil(per_job * (1 + max(0, ahead) / workers)))
 
     return app

@@ -174,7 +174,10 @@ class QueuePublic(BaseModel):
     completed: int
     failed: int
     unfinished: int
-    capacity: int
+    capacity: int = Field(description="unfinished jobs accepted before submit answers 503")
+    max_concurrent: int = Field(description="jobs processed at once per node, at most")
+    running_slots: int = Field(description="jobs that run at once now (live workers)")
+    estimated_wait_s: int = Field(description="wait before a job submitted now starts")
     callbacks_pending: int
     workers: list[dict[str, Any]]
 

@@ -16,6 +16,7 @@ and options and reports `(progress, message)` through a callable.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -34,7 +35,14 @@ from voxtrace.pipeline.prosody import measure_words
 from voxtrace.pipeline.transcribe import TranscribeOptions, transcribe
 from voxtrace.pipeline.vad import VadOptions, detect_speech
 
-__all__ = ["STAGES", "AudioOptions", "PipelineOptions", "ProgressReporter", "run_pipeline"]
+__all__ = [
+    "STAGES",
+    "AudioOptions",
+    "PipelineOptions",
+    "ProgressReporter",
+    "StageTimer",
+    "run_pipeline",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -67,13 +75,23 @@ class PipelineOptions:
     segments: SegmentRules = field(default_factory=SegmentRules)
 
 
-class ProgressReporter:
-    """Integer progress that never goes backwards, mapped into each stage's range."""
+StageTimer = Callable[[str, float], None]  # (stage name, wall seconds) once it ends
 
-    def __init__(self, report: Report) -> None:
+
+class ProgressReporter:
+    """Integer progress that never goes backwards, mapped into each stage's range.
+
+    With a `timer`, each stage's wall time is handed to it when the next one starts
+    (and the last one's on `finish`): a stage that fails is not timed.
+    """
+
+    def __init__(self, report: Report, timer: StageTimer | None = None) -> None:
         self._report = report
         self._last = -1
         self._last_message = ""
+        self._timer = timer
+        self._stage: str | None = None
+        self._stage_started = 0.0
 
     def emit(self, progress: float, message: str) -> None:
         value = max(0, min(100, int(progress)))
@@ -85,8 +103,16 @@ class ProgressReporter:
         self._report(value, message)
 
     def stage(self, name: str) -> None:
+        self.finish()
+        self._stage, self._stage_started = name, time.monotonic()
         start, _, message = STAGES[name]
         self.emit(start, message)
+
+    def finish(self) -> None:
+        """The current stage is done: time it."""
+        if self._stage is not None and self._timer is not None:
+            self._timer(self._stage, time.monotonic() - self._stage_started)
+        self._stage = None
 
     def within(self, name: str, fraction: float) -> None:
         start, end, message = STAGES[name]
@@ -104,9 +130,11 @@ def run_pipeline(
     opts: PipelineOptions,
     job: JobOptions,
     report: Report,
+    stage_timer: StageTimer | None = None,
 ) -> Result:
-    """Process one video (an http(s) URL or a local path) into a Result."""
-    progress = ProgressReporter(report)
+    """Process one video (an http(s) URL or a local path) into a Result; `stage_timer`
+    hears each finished stage's wall time (the worker's metrics)."""
+    progress = ProgressReporter(report, stage_timer)
 
     progress.stage("audio")
     if _is_url(source):
@@ -156,12 +184,14 @@ def run_pipeline(
     segments = _classify_emotions(segments, transcription.language, models)
 
     progress.stage("assemble")
-    return Result(
+    result = Result(
         filename=filename,
         duration_s=duration_s,
         language=transcription.language,
         segments=tuple(segments),
     )
+    progress.finish()
+    return result
 
 
 def _speaker_turns(
