@@ -381,8 +381,8 @@ class WorkerProcess(Server):
 
     def ready_lines(self) -> list[str]:
         text = self.log.read_text(errors="replace") if self.log.exists() else ""
-        text = re.sub(r'"logger": "voxtrace\.worker", "message": "', "voxtrace.worker: ", text)
-        return re.findall(r"voxtrace\.worker: worker \S+ ready", text)
+        text = re.sub(r'"logger": "(voxtrace\.worker[.\w]*)", "message": "', r"\1: ", text)
+        return re.findall(r"voxtrace\.worker[.\w]*: worker \S+ ready", text)
 
 
 def terminal(calls: list[ReceivedCall]) -> list[ReceivedCall]:

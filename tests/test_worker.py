@@ -15,7 +15,8 @@ from voxtrace.config import get_settings
 from voxtrace.domain import JobStatus, NewJob
 from voxtrace.models import ModelBundle
 from voxtrace.store import MemoryJobStore, SqliteJobStore
-from voxtrace.worker import JobRunner, LostOwnership, _Progress
+from voxtrace.worker import JobRunner, LostOwnership
+from voxtrace.worker.hooks import JobHooks
 
 
 def _claimed(store: MemoryJobStore) -> tuple[str, int]:
@@ -33,7 +34,7 @@ def test_a_silent_stage_still_sends_progress_every_heartbeat() -> None:
     job = store.get("j1")
     assert job is not None
     settings = get_settings(heartbeat_s=0.3, lease_s=5)
-    with _Progress(store, job, "w1", settings) as report:
+    with JobHooks(store, job, "w1", settings) as report:
         report(61, "Generating transcript...")
         time.sleep(1.5)  # one long stage, no report from the pipeline
     log = store.callback_log("j1")
@@ -50,7 +51,7 @@ def test_progress_is_monotonic_and_deduplicated() -> None:
     job = store.get("j1")
     assert job is not None
     settings = get_settings(heartbeat_s=10)
-    with _Progress(store, job, "w1", settings) as report:
+    with JobHooks(store, job, "w1", settings) as report:
         report(30, "Detecting speech regions...")
         report(30, "Detecting speech regions...")
         report(20, "late report")
@@ -73,7 +74,7 @@ def test_a_worker_that_lost_its_job_stops() -> None:
         time.time(),
     )
     with (
-        _Progress(store, job, "w1", get_settings(heartbeat_s=10)) as report,
+        JobHooks(store, job, "w1", get_settings(heartbeat_s=10)) as report,
         pytest.raises(LostOwnership),
     ):
         report(70, "Generating transcript...")
@@ -157,7 +158,7 @@ def test_progress_goes_on_through_a_store_outage_and_is_written_after_it(
     settings = get_settings(heartbeat_s=0.3, lease_s=5)
     with (
         caplog.at_level("INFO", logger="voxtrace.store.outage"),
-        _Progress(store, job, "w1", settings) as report,
+        JobHooks(store, job, "w1", settings) as report,
     ):
         with _Locked(store.path):
             report(30, "Detecting speech regions...")  # the write fails: no exception
