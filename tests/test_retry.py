@@ -8,7 +8,6 @@ import random
 import pytest
 
 from voxtrace.retry import (
-    NEVER_RETRY_STATUSES,
     compute_backoff,
     is_retryable_status,
     parse_retry_after,
@@ -49,10 +48,9 @@ def test_backoff_rejects_nonsense(attempt: int, base_s: float, cap_s: float, jit
         compute_backoff(attempt, base_s, cap_s, jitter)
 
 
-@pytest.mark.parametrize("code", [500, 502, 503, 504, 599, 408, 429])
+@pytest.mark.parametrize("code", [500, 502, 503, 504, 599, 408, 425, 429])
 def test_server_errors_timeouts_and_throttling_are_retried(code: int) -> None:
     assert is_retryable_status(code)
-    assert code not in NEVER_RETRY_STATUSES
 
 
 @pytest.mark.parametrize("code", [400, 401, 403, 404, 409, 410, 413, 422, 301, 302])
@@ -60,9 +58,9 @@ def test_a_wrong_request_is_never_retried(code: int) -> None:
     assert not is_retryable_status(code)
 
 
-def test_never_retry_covers_every_other_4xx() -> None:
-    assert {400, 401, 404, 422} <= NEVER_RETRY_STATUSES
-    assert set(range(400, 500)) - {408, 429} == NEVER_RETRY_STATUSES
+def test_every_other_4xx_is_final() -> None:
+    final = {code for code in range(400, 500) if not is_retryable_status(code)}
+    assert final == set(range(400, 500)) - {408, 425, 429}
 
 
 def test_retry_after_in_seconds_and_as_a_date() -> None:

@@ -3,19 +3,28 @@
     VoxtraceError                     code             http  retryable
     ├── RequestError                  INVALID_REQUEST   400
     │   ├── JobConflict               JOB_CONFLICT      409
-    │   ├── PayloadTooLarge           PAYLOAD_TOO_LARGE 413
-    │   └── RateLimited               RATE_LIMITED      429
+    │   └── PayloadTooLarge           PAYLOAD_TOO_LARGE 413
+    ├── RateLimited                   RATE_LIMITED      429  yes (Retry-After)
     ├── Unauthorized                  UNAUTHORIZED      401
     ├── JobNotFound                   JOB_NOT_FOUND     404
-    ├── CapacityExceeded              INSUFFICIENT_RESOURCES 503
     └── JobError        (a job's terminal failure, sent in the `failed` callback)
         ├── DownloadError             DOWNLOAD_ERROR
+        │   └── DownloadUnavailable   (a timeout, a 5xx, DNS try-again)  yes
         ├── AudioExtractionError      AUDIO_EXTRACTION_ERROR
         │   └── MediaTooLong          MEDIA_TOO_LONG
         ├── TranscriptionError        TRANSCRIPTION_ERROR
         ├── ProcessingTimeout         PROCESSING_TIMEOUT
-        ├── InsufficientResources     INSUFFICIENT_RESOURCES   (transient: retried)
+        ├── InsufficientResources     INSUFFICIENT_RESOURCES 503  yes
+        │   └── CapacityExceeded      (submit: queue bound, disk floor, store out)
         └── InternalError             INTERNAL_ERROR
+
+Each code is declared by exactly one class (`CODE_CLASSES`); subclasses refine it.
+
+"Retryable?" has one rule: an error is retryable when its class derives from
+`Retryable` (`error.retryable` reads that and cannot be set on an instance). A retryable
+job error sends the job back to the queue while attempts remain (with a backoff); a
+retryable API error is answered with `Retry-After`. The other half of the question, the
+backend's answers to our callbacks, is `retry.is_retryable_status` (5xx, 408, 429).
 
 Every message here is safe to show to a client: generic, no paths, no library text.
 Library errors are translated into this tree where the I/O happens (fetch, audio,
@@ -27,9 +36,11 @@ from __future__ import annotations
 import errno
 
 __all__ = [
+    "CODE_CLASSES",
     "AudioExtractionError",
     "CapacityExceeded",
     "DownloadError",
+    "DownloadUnavailable",
     "InsufficientResources",
     "InternalError",
     "JobConflict",
@@ -40,6 +51,7 @@ __all__ = [
     "ProcessingTimeout",
     "RateLimited",
     "RequestError",
+    "Retryable",
     "TranscriptionError",
     "Unauthorized",
     "VoxtraceError",
@@ -47,13 +59,21 @@ __all__ = [
 ]
 
 
+class Retryable:
+    """Mixin: errors of this class may pass on their own; asking again later can work."""
+
+
 class VoxtraceError(Exception):
     """Base of every error voxtrace raises on purpose."""
 
     code = "INTERNAL_ERROR"
     http_status = 500
-    retryable = False
     default_message = "Internal error"
+
+    @property
+    def retryable(self) -> bool:
+        """The one rule: the class says it (`Retryable`), never an instance."""
+        return isinstance(self, Retryable)
 
     def __init__(
         self,
@@ -86,7 +106,9 @@ class PayloadTooLarge(RequestError):
     default_message = "Request body too large"
 
 
-class RateLimited(RequestError):
+class RateLimited(Retryable, VoxtraceError):
+    """Not a RequestError: the request is fine, only too soon (Retry-After)."""
+
     code = "RATE_LIMITED"
     http_status = 429
     default_message = "Too many requests"
@@ -104,12 +126,6 @@ class JobNotFound(VoxtraceError):
     default_message = "Job not found"
 
 
-class CapacityExceeded(VoxtraceError):
-    code = "INSUFFICIENT_RESOURCES"
-    http_status = 503
-    default_message = "Too many unfinished jobs; retry later"
-
-
 class JobError(VoxtraceError):
     """A failure that ends a job: its code and message go into the `failed` callback.
 
@@ -121,6 +137,11 @@ class JobError(VoxtraceError):
 class DownloadError(JobError):
     code = "DOWNLOAD_ERROR"
     default_message = "Failed to download video"
+
+
+class DownloadUnavailable(Retryable, DownloadError):
+    """A download that may work later (a timeout, a 5xx, DNS try-again); a missing file
+    stays missing, so plain DownloadError is final."""
 
 
 class AudioExtractionError(JobError):
@@ -143,15 +164,39 @@ class ProcessingTimeout(JobError):
     default_message = "Processing took too long"
 
 
-class InsufficientResources(JobError):
+class InsufficientResources(Retryable, JobError):
     code = "INSUFFICIENT_RESOURCES"
-    retryable = True
+    http_status = 503
     default_message = "Not enough resources to process the job"
+
+
+class CapacityExceeded(InsufficientResources):
+    """Submit refused for now: the queue bound, the disk floor, the store out."""
+
+    default_message = "Too many unfinished jobs; retry later"
 
 
 class InternalError(JobError):
     code = "INTERNAL_ERROR"
     default_message = "Internal processing error"
+
+
+def _declared_codes() -> dict[str, type[VoxtraceError]]:
+    """Each code and the one class that declares it (the roots excepted)."""
+    found: dict[str, type[VoxtraceError]] = {}
+    pending: list[type[VoxtraceError]] = [VoxtraceError]
+    while pending:
+        cls = pending.pop()
+        pending.extend(cls.__subclasses__())
+        if cls in (VoxtraceError, JobError) or "code" not in vars(cls):
+            continue
+        if cls.code in found:
+            raise TypeError(f"{cls.code} declared by {found[cls.code]} and {cls}")
+        found[cls.code] = cls
+    return found
+
+
+CODE_CLASSES: dict[str, type[VoxtraceError]] = _declared_codes()
 
 
 def classify_exception(exc: BaseException) -> JobError:

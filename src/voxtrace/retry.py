@@ -12,17 +12,15 @@ import math
 import random
 
 __all__ = [
-    "NEVER_RETRY_STATUSES",
     "RETRYABLE_4XX_STATUSES",
     "compute_backoff",
     "is_retryable_status",
     "parse_retry_after",
 ]
 
-# 408 Request Timeout and 429 Too Many Requests say "try again later"; every other 4xx
-# says the request itself is wrong, and repeating it cannot help.
-RETRYABLE_4XX_STATUSES = frozenset({408, 429})
-NEVER_RETRY_STATUSES = frozenset(range(400, 500)) - RETRYABLE_4XX_STATUSES
+# 408 Request Timeout, 425 Too Early and 429 Too Many Requests say "try again later";
+# every other 4xx says the request itself is wrong, and repeating it cannot help.
+RETRYABLE_4XX_STATUSES = frozenset({408, 425, 429})
 
 
 def compute_backoff(
@@ -54,7 +52,10 @@ def compute_backoff(
 
 
 def is_retryable_status(status_code: int) -> bool:
-    """True for answers that may succeed later: 5xx, 408 and 429.
+    """True for answers that may succeed later: 5xx, 408, 425 and 429.
+
+    The one HTTP rule, for callbacks to the backend and for video downloads alike (an
+    error of ours is retryable by its class: `errors.Retryable`).
 
     Everything else is final: 2xx is success, and 1xx/3xx/other 4xx will not change
     by asking again (a redirect means the callback URL is configured wrong).

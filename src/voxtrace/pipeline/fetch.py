@@ -26,10 +26,11 @@ from urllib.parse import unquote, urljoin, urlsplit
 
 import httpx
 
-from voxtrace.errors import DownloadError, InsufficientResources
+from voxtrace.errors import DownloadError, DownloadUnavailable, InsufficientResources
 from voxtrace.logs import redact_url
 from voxtrace.pipeline import netguard
 from voxtrace.pipeline.s3 import S3Options, is_presigned, object_auth, presigned_expired
+from voxtrace.retry import is_retryable_status
 
 __all__ = ["DEFAULT_FILENAME", "FetchOptions", "fetch", "filename_from_url"]
 
@@ -38,10 +39,9 @@ logger = logging.getLogger(__name__)
 DEFAULT_FILENAME = "video.mp4"
 _MAX_FILENAME_CHARS = 200
 _UNSAFE_FILENAME_CHARS = re.compile(r"[\x00-\x1f\x7f/\\:*?\"<>|]")
+
+
 # Answers that may change on a later attempt; other 4xx answers will not.
-_TRANSIENT_STATUSES = frozenset({408, 425, 429, *range(500, 600)})
-
-
 @dataclass(frozen=True)
 class FetchOptions:
     max_bytes: int = 2 * 1024**3
@@ -109,8 +109,8 @@ def _pin_destination(url: httpx.URL, opts: FetchOptions, backend: netguard.Pinne
         addresses = netguard.resolve(url.host, port)
     except socket.gaierror as exc:
         logger.debug("Download host did not resolve: %s", type(exc).__name__)
-        error = DownloadError("Failed to download video: host not found")
-        raise (_transient(error) if exc.errno == socket.EAI_AGAIN else error) from None
+        kind = DownloadUnavailable if exc.errno == socket.EAI_AGAIN else DownloadError
+        raise kind("Failed to download video: host not found") from None
     except (OSError, UnicodeError, ValueError):
         raise DownloadError("Failed to download video: host not found") from None
     if not addresses:
@@ -120,13 +120,6 @@ def _pin_destination(url: httpx.URL, opts: FetchOptions, backend: netguard.Pinne
         logger.warning("Refused to download from %s: not a public address", url.host)
         raise DownloadError(_NOT_ALLOWED)
     backend.pin(url.host, addresses)
-
-
-def _transient(error: DownloadError) -> DownloadError:
-    """Mark one DownloadError as worth retrying (the class default: a missing file stays
-    missing, but a timeout or a 503 may not happen again)."""
-    error.retryable = True
-    return error
 
 
 def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
@@ -171,12 +164,13 @@ def fetch(url: str, dest_dir: Path, opts: FetchOptions) -> Path:
                         current = _check_url(urljoin(str(current), location), opts)
                         continue
                     if response.status_code != 200:
-                        error = DownloadError(
-                            f"Failed to download video (HTTP {response.status_code})"
+                        # The same rule as for callbacks: a 5xx, 408, 425 or 429 may pass.
+                        kind = (
+                            DownloadUnavailable
+                            if is_retryable_status(response.status_code)
+                            else DownloadError
                         )
-                        if response.status_code in _TRANSIENT_STATUSES:
-                            _transient(error)
-                        raise error
+                        raise kind(f"Failed to download video (HTTP {response.status_code})")
                     _stream_to_file(response, target, opts.max_bytes, deadline)
                     logger.info("Downloaded %s", redact_url(str(current)))
                     return target
@@ -189,11 +183,11 @@ def fetch(url: str, dest_dir: Path, opts: FetchOptions) -> Path:
     except httpx.TimeoutException as exc:
         target.unlink(missing_ok=True)
         logger.debug("Download timed out: %s", type(exc).__name__)
-        raise _transient(DownloadError("Failed to download video: timed out")) from None
+        raise DownloadUnavailable("Failed to download video: timed out") from None
     except httpx.HTTPError as exc:
         target.unlink(missing_ok=True)
         logger.debug("Download failed: %s", type(exc).__name__)
-        raise _transient(DownloadError("Failed to download video")) from None
+        raise DownloadUnavailable("Failed to download video") from None
     except OSError as exc:
         target.unlink(missing_ok=True)
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -216,7 +210,7 @@ def _stream_to_file(
             if written > max_bytes:
                 raise DownloadError("Video file exceeds the maximum allowed size")
             if deadline is not None and time.monotonic() > deadline:
-                raise _transient(DownloadError("Failed to download video: timed out"))
+                raise DownloadUnavailable("Failed to download video: timed out")
             out.write(chunk)
     if written == 0:
         raise DownloadError("Failed to download video: empty file")
