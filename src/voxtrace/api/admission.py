@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from voxtrace.config import Settings
 from voxtrace.domain import QueueStats
 from voxtrace.errors import CapacityExceeded
-from voxtrace.store.base import JobStore, WorkerInfo
+from voxtrace.store.base import JobStore
+from voxtrace.store.rows import WorkerStatus
 
 __all__ = [
     "DEFAULT_JOB_S",
@@ -42,7 +43,7 @@ class QueueSnapshot:
     """The queue as the store holds it now, read once per request."""
 
     stats: QueueStats
-    workers: list[WorkerInfo]  # seen within `worker_stale_s`
+    workers: list[WorkerStatus]  # seen within `worker_stale_s`
     slots: int  # jobs that run at once
     per_job_s: float  # typical wall time of one job
 

@@ -171,5 +171,5 @@ def queue_public(store: JobStore, settings: Settings) -> QueuePublic:
         running_slots=queue.slots,
         estimated_wait_s=queue.wait_s(ahead=stats.unfinished),
         callbacks_pending=stats.callbacks_pending,
-        workers=queue.workers,
+        workers=[dict(w) for w in queue.workers],
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -144,7 +145,7 @@ class JobPublic(BaseModel):
     callbacks: list[dict[str, Any]]
 
     @classmethod
-    def from_job(cls, job: Job, callbacks: list[dict[str, Any]]) -> JobPublic:
+    def from_job(cls, job: Job, callbacks: Sequence[Mapping[str, Any]]) -> JobPublic:
         error = None
         if job.error_code:
             error = ErrorBody(
@@ -164,7 +165,7 @@ class JobPublic(BaseModel):
             finished_at=job.finished_at,
             result=job.result,
             error=error,
-            callbacks=callbacks,
+            callbacks=[dict(c) for c in callbacks],
         )
 
 

@@ -35,6 +35,7 @@ import json
 from typing import Any
 
 from voxtrace.domain import Job, NewJob, OutboxItem, QueueStats
+from voxtrace.store.rows import CallbackLogEntry, WorkerStatus
 
 __all__ = ["WORKER_RETENTION_S", "JobStore", "Payload", "WorkerInfo"]
 
@@ -183,7 +184,7 @@ class JobStore(abc.ABC):
         """Give up on a callback (not retryable, or out of its retry window)."""
 
     @abc.abstractmethod
-    def callback_log(self, job_id: str) -> list[dict[str, Any]]:
+    def callback_log(self, job_id: str) -> list[CallbackLogEntry]:
         """Delivery state of a job's callbacks, oldest first (for GET /api/jobs/{id})."""
 
     # ------------------------------------------------------------------ monitoring
@@ -200,7 +201,7 @@ class JobStore(abc.ABC):
         delete the workers last seen before `now - WORKER_RETENTION_S`."""
 
     @abc.abstractmethod
-    def live_workers(self, since: float) -> list[WorkerInfo]: ...
+    def live_workers(self, since: float) -> list[WorkerStatus]: ...
 
     @abc.abstractmethod
     def check_writable(self) -> bool: ...

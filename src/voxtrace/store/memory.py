@@ -32,6 +32,7 @@ from voxtrace.store.base import (
     check_owner_args,
     strict_json,
 )
+from voxtrace.store.rows import CallbackLogEntry, OutboxState, WorkerStatus, worker_status
 
 __all__ = ["MemoryJobStore"]
 
@@ -50,7 +51,7 @@ class _Callback:
     base_url: str
     payload: dict[str, Any]
     terminal: bool
-    state: str  # pending | delivered | dead | superseded
+    state: OutboxState
     attempts: int
     created_at: float
     next_attempt_at: float
@@ -101,8 +102,8 @@ class MemoryJobStore(JobStore):
         callbacks = self._job_callbacks(job.job_id)
         held_until = now
         for cb in callbacks:
-            if cb.state == "pending" and not cb.terminal:
-                cb.state = "superseded"
+            if cb.state == OutboxState.PENDING and not cb.terminal:
+                cb.state = OutboxState.SUPERSEDED
                 held_until = max(held_until, cb.next_attempt_at)
         item_id = next(self._ids)
         self._outbox[item_id] = _Callback(
@@ -112,7 +113,7 @@ class MemoryJobStore(JobStore):
             base_url=job.callback_base_url,
             payload=payload,
             terminal=terminal,
-            state="pending",
+            state=OutboxState.PENDING,
             attempts=0,
             created_at=now,
             next_attempt_at=held_until,
@@ -338,7 +339,7 @@ class MemoryJobStore(JobStore):
         with self._lock:
             heads: dict[str, _Callback] = {}
             for cb in self._outbox.values():
-                if cb.state == "pending" and (
+                if cb.state == OutboxState.PENDING and (
                     cb.job_id not in heads or cb.seq < heads[cb.job_id].seq
                 ):
                     heads[cb.job_id] = cb
@@ -351,38 +352,38 @@ class MemoryJobStore(JobStore):
     def mark_delivered(self, item_id: int, now: float) -> None:
         with self._lock:
             cb = self._outbox.get(item_id)
-            if cb is not None and cb.state in ("pending", "superseded"):
-                cb.state, cb.delivered_at, cb.last_error = "delivered", now, None
+            if cb is not None and cb.state in (OutboxState.PENDING, OutboxState.SUPERSEDED):
+                cb.state, cb.delivered_at, cb.last_error = OutboxState.DELIVERED, now, None
                 cb.attempts += 1
 
     def schedule_retry(self, item_id: int, next_attempt_at: float, error: str, now: float) -> None:
         with self._lock:
             cb = self._outbox.get(item_id)
-            if cb is not None and cb.state == "pending":
+            if cb is not None and cb.state == OutboxState.PENDING:
                 cb.next_attempt_at, cb.last_error = next_attempt_at, error
                 cb.attempts += 1
 
     def mark_dead(self, item_id: int, error: str, now: float) -> None:
         with self._lock:
             cb = self._outbox.get(item_id)
-            if cb is not None and cb.state == "pending":
-                cb.state, cb.last_error = "dead", error
+            if cb is not None and cb.state == OutboxState.PENDING:
+                cb.state, cb.last_error = OutboxState.DEAD, error
                 cb.attempts += 1
 
-    def callback_log(self, job_id: str) -> list[dict[str, Any]]:
+    def callback_log(self, job_id: str) -> list[CallbackLogEntry]:
         with self._lock:
             return [
-                {
-                    "seq": cb.seq,
-                    "status": cb.payload.get("status"),
-                    "progress": cb.payload.get("progress"),
-                    "terminal": cb.terminal,
-                    "state": cb.state,
-                    "attempts": cb.attempts,
-                    "last_error": cb.last_error,
-                    "created_at": cb.created_at,
-                    "delivered_at": cb.delivered_at,
-                }
+                CallbackLogEntry(
+                    seq=cb.seq,
+                    status=cb.payload.get("status"),
+                    progress=cb.payload.get("progress"),
+                    terminal=cb.terminal,
+                    state=cb.state.value,
+                    attempts=cb.attempts,
+                    last_error=cb.last_error,
+                    created_at=cb.created_at,
+                    delivered_at=cb.delivered_at,
+                )
                 for cb in self._job_callbacks(job_id)
             ]
 
@@ -392,7 +393,7 @@ class MemoryJobStore(JobStore):
             counts = {status: 0 for status in JobStatus}
             for job in self._jobs.values():
                 counts[job.status] += 1
-            pending = sum(1 for cb in self._outbox.values() if cb.state == "pending")
+            pending = sum(1 for cb in self._outbox.values() if cb.state == OutboxState.PENDING)
         return QueueStats(
             accepted=counts[JobStatus.ACCEPTED],
             processing=counts[JobStatus.PROCESSING],
@@ -421,10 +422,10 @@ class MemoryJobStore(JobStore):
             for gone in [w for w, (_, seen) in self._workers.items() if seen < forgotten]:
                 del self._workers[gone]
 
-    def live_workers(self, since: float) -> list[WorkerInfo]:
+    def live_workers(self, since: float) -> list[WorkerStatus]:
         with self._lock:
             return [
-                {**_json_copy(info), "worker_id": worker_id, "last_seen": seen}
+                worker_status(worker_id, _json_copy(info), seen)
                 for worker_id, (info, seen) in sorted(self._workers.items())
                 if seen >= since
             ]

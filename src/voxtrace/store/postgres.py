@@ -55,7 +55,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import DictRow, dict_row
 
 from voxtrace import errors
-from voxtrace.domain import Job, JobOptions, JobStatus, NewJob, OutboxItem, QueueStats
+from voxtrace.domain import Job, JobStatus, NewJob, OutboxItem, QueueStats
 from voxtrace.logs import redact_url
 from voxtrace.store.base import (
     WORKER_RETENTION_S,
@@ -65,10 +65,30 @@ from voxtrace.store.base import (
     check_owner_args,
     strict_json,
 )
+from voxtrace.store.rows import (
+    CallbackLogEntry,
+    OutboxState,
+    WorkerStatus,
+    callback_log_entry,
+    job_from_row,
+    outbox_item_from_row,
+    worker_status,
+)
 
 __all__ = ["SCHEMA_VERSION", "PostgresJobStore"]
 
 logger = logging.getLogger(__name__)
+
+# The outbox states as SQL literals (the schema's CHECK lists the same `OutboxState`s).
+PENDING, DELIVERED, DEAD, SUPERSEDED = (
+    state.sql
+    for state in (
+        OutboxState.PENDING,
+        OutboxState.DELIVERED,
+        OutboxState.DEAD,
+        OutboxState.SUPERSEDED,
+    )
+)
 
 SCHEMA_VERSION = 1
 
@@ -182,43 +202,6 @@ def _lock_key(schema: str, purpose: str) -> int:
     """A 64-bit advisory-lock key per schema: two deployments in one database stay apart."""
     digest = hashlib.blake2b(f"voxtrace:{purpose}:{schema}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big", signed=True)
-
-
-def _job(row: DictRow) -> Job:
-    return Job(
-        job_id=row["job_id"],
-        video_url=row["video_url"],
-        callback_base_url=row["callback_base_url"],
-        options=JobOptions.from_dict(row["options"]),
-        status=JobStatus(row["status"]),
-        progress=row["progress"],
-        message=row["message"],
-        attempts=row["attempts"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        started_at=row["started_at"],
-        finished_at=row["finished_at"],
-        worker_id=row["worker_id"],
-        lease_expires_at=row["lease_expires_at"],
-        result=row["result"],
-        error_code=row["error_code"],
-        error_message=row["error_message"],
-        not_before=row["not_before"],
-    )
-
-
-def _item(row: DictRow) -> OutboxItem:
-    return OutboxItem(
-        id=row["id"],
-        job_id=row["job_id"],
-        seq=row["seq"],
-        base_url=row["base_url"],
-        payload=row["payload"],
-        terminal=row["terminal"],
-        attempts=row["attempts"],
-        created_at=row["created_at"],
-        next_attempt_at=row["next_attempt_at"],
-    )
 
 
 class PostgresJobStore(JobStore):
@@ -442,14 +425,14 @@ class PostgresJobStore(JobStore):
         """
         conn.execute(
             "WITH superseded AS ("
-            "  UPDATE voxtrace_outbox SET state = 'superseded'"
-            "  WHERE job_id = %(job_id)s AND state = 'pending' AND NOT terminal"
+            f"  UPDATE voxtrace_outbox SET state = {SUPERSEDED}"
+            f"  WHERE job_id = %(job_id)s AND state = {PENDING} AND NOT terminal"
             "  RETURNING next_attempt_at)"
             " INSERT INTO voxtrace_outbox (job_id, seq, base_url, payload, terminal, state,"
             " attempts, created_at, next_attempt_at)"
             " SELECT %(job_id)s,"
             "  (SELECT COALESCE(MAX(seq), 0) + 1 FROM voxtrace_outbox WHERE job_id = %(job_id)s),"
-            "  %(base_url)s, %(body)s::json, %(terminal)s, 'pending', 0, %(now)s,"
+            f"  %(base_url)s, %(body)s::json, %(terminal)s, {PENDING}, 0, %(now)s,"
             "  GREATEST(%(now)s, (SELECT MAX(next_attempt_at) FROM superseded))",
             {
                 "job_id": job_id,
@@ -461,7 +444,9 @@ class PostgresJobStore(JobStore):
         )
 
     def _select_jobs(self, sql: str, params: Sequence[Any]) -> list[Job]:
-        return self._read(lambda conn: [_job(r) for r in conn.execute(sql, params).fetchall()])
+        return self._read(
+            lambda conn: [job_from_row(r) for r in conn.execute(sql, params).fetchall()]
+        )
 
     # ------------------------------------------------------------------ submission
     def submit(self, job: NewJob, max_unfinished: int, now: float) -> tuple[Job, bool]:
@@ -473,7 +458,7 @@ class PostgresJobStore(JobStore):
                 "SELECT * FROM voxtrace_jobs WHERE job_id = %s", (job.job_id,)
             ).fetchone()
             if row is not None:
-                existing = _job(row)
+                existing = job_from_row(row)
                 if existing.video_url != job.video_url:
                     raise errors.JobConflict()
                 return existing, False
@@ -490,7 +475,7 @@ class PostgresJobStore(JobStore):
                 (job.job_id, job.video_url, job.callback_base_url, options, now, now),
             ).fetchone()
             assert created is not None
-            return _job(created), True
+            return job_from_row(created), True
 
         return self._run(insert)
 
@@ -498,7 +483,7 @@ class PostgresJobStore(JobStore):
         def select(conn: _Conn) -> Job | None:
             row = conn.execute("SELECT * FROM voxtrace_jobs WHERE job_id = %s", (job_id,))
             found = row.fetchone()
-            return _job(found) if found is not None else None
+            return job_from_row(found) if found is not None else None
 
         return self._read(select)
 
@@ -517,7 +502,7 @@ class PostgresJobStore(JobStore):
                 " RETURNING *",
                 {"worker_id": worker_id, "lease": now + lease_s, "now": now},
             ).fetchone()
-            return _job(row) if row is not None else None
+            return job_from_row(row) if row is not None else None
 
         return self._run(take)
 
@@ -720,21 +705,21 @@ class PostgresJobStore(JobStore):
             logger.info("job store %s: this process now delivers the callbacks", self._where)
         rows = conn.execute(
             "SELECT o.* FROM voxtrace_outbox AS o"
-            " WHERE o.state = 'pending' AND o.next_attempt_at <= %s"
+            f" WHERE o.state = {PENDING} AND o.next_attempt_at <= %s"
             " AND NOT EXISTS (SELECT 1 FROM voxtrace_outbox AS p"
-            "  WHERE p.job_id = o.job_id AND p.state = 'pending' AND p.seq < o.seq)"
+            f"  WHERE p.job_id = o.job_id AND p.state = {PENDING} AND p.seq < o.seq)"
             " ORDER BY o.next_attempt_at, o.id LIMIT %s",
             (now, limit),
         ).fetchall()
-        return [_item(row) for row in rows]
+        return [outbox_item_from_row(row) for row in rows]
 
     def mark_delivered(self, item_id: int, now: float) -> None:
         # A superseded callback may have been in flight; it did arrive, so say so.
         self._run(
             lambda conn: conn.execute(
-                "UPDATE voxtrace_outbox SET state = 'delivered', attempts = attempts + 1,"
+                f"UPDATE voxtrace_outbox SET state = {DELIVERED}, attempts = attempts + 1,"
                 " delivered_at = %s, last_error = NULL"
-                " WHERE id = %s AND state IN ('pending', 'superseded')",
+                f" WHERE id = %s AND state IN ({PENDING}, {SUPERSEDED})",
                 (now, item_id),
             )
         )
@@ -743,7 +728,7 @@ class PostgresJobStore(JobStore):
         self._run(
             lambda conn: conn.execute(
                 "UPDATE voxtrace_outbox SET attempts = attempts + 1, next_attempt_at = %s,"
-                " last_error = %s WHERE id = %s AND state = 'pending'",
+                f" last_error = %s WHERE id = %s AND state = {PENDING}",
                 (next_attempt_at, error, item_id),
             )
         )
@@ -751,14 +736,14 @@ class PostgresJobStore(JobStore):
     def mark_dead(self, item_id: int, error: str, now: float) -> None:
         self._run(
             lambda conn: conn.execute(
-                "UPDATE voxtrace_outbox SET state = 'dead', attempts = attempts + 1,"
-                " last_error = %s WHERE id = %s AND state = 'pending'",
+                f"UPDATE voxtrace_outbox SET state = {DEAD}, attempts = attempts + 1,"
+                f" last_error = %s WHERE id = %s AND state = {PENDING}",
                 (error, item_id),
             )
         )
 
-    def callback_log(self, job_id: str) -> list[dict[str, Any]]:
-        return self._read(
+    def callback_log(self, job_id: str) -> list[CallbackLogEntry]:
+        rows = self._read(
             lambda conn: conn.execute(
                 "SELECT seq, payload -> 'status' AS status, payload -> 'progress' AS progress,"
                 " terminal, state, attempts, last_error, created_at, delivered_at"
@@ -766,6 +751,7 @@ class PostgresJobStore(JobStore):
                 (job_id,),
             ).fetchall()
         )
+        return [callback_log_entry(row) for row in rows]
 
     # ------------------------------------------------------------------ monitoring
     def stats(self) -> QueueStats:
@@ -777,7 +763,7 @@ class PostgresJobStore(JobStore):
                 ).fetchall()
             }
             pending = conn.execute(
-                "SELECT COUNT(*) AS n FROM voxtrace_outbox WHERE state = 'pending'"
+                f"SELECT COUNT(*) AS n FROM voxtrace_outbox WHERE state = {PENDING}"
             ).fetchone()
             return QueueStats(
                 accepted=counts.get(JobStatus.ACCEPTED.value, 0),
@@ -821,7 +807,7 @@ class PostgresJobStore(JobStore):
 
         self._run(record)
 
-    def live_workers(self, since: float) -> list[WorkerInfo]:
+    def live_workers(self, since: float) -> list[WorkerStatus]:
         rows = self._read(
             lambda conn: conn.execute(
                 "SELECT worker_id, info, last_seen FROM voxtrace_workers"
@@ -829,10 +815,7 @@ class PostgresJobStore(JobStore):
                 (since,),
             ).fetchall()
         )
-        return [
-            {**row["info"], "worker_id": row["worker_id"], "last_seen": row["last_seen"]}
-            for row in rows
-        ]
+        return [worker_status(row["worker_id"], row["info"], row["last_seen"]) for row in rows]
 
     def check_writable(self) -> bool:
         """Write for real: an unreachable server, a read-only replica or a full disk

@@ -15,7 +15,6 @@ threads), and a process forked from one that had connections opens fresh ones.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import sqlite3
@@ -25,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from voxtrace import errors
-from voxtrace.domain import Job, JobOptions, JobStatus, NewJob, OutboxItem, QueueStats
+from voxtrace.domain import Job, JobStatus, NewJob, OutboxItem, QueueStats
 from voxtrace.store.base import (
     WORKER_RETENTION_S,
     JobStore,
@@ -34,10 +33,30 @@ from voxtrace.store.base import (
     check_owner_args,
     strict_json,
 )
+from voxtrace.store.rows import (
+    CallbackLogEntry,
+    OutboxState,
+    WorkerStatus,
+    callback_log_entry,
+    job_from_row,
+    outbox_item_from_row,
+    worker_status,
+)
 
 __all__ = ["SCHEMA_VERSION", "SqliteJobStore"]
 
 logger = logging.getLogger(__name__)
+
+# The outbox states as SQL literals (the schema's CHECK lists the same `OutboxState`s).
+PENDING, DELIVERED, DEAD, SUPERSEDED = (
+    state.sql
+    for state in (
+        OutboxState.PENDING,
+        OutboxState.DELIVERED,
+        OutboxState.DEAD,
+        OutboxState.SUPERSEDED,
+    )
+)
 
 SCHEMA_VERSION = 2
 
@@ -192,35 +211,13 @@ class SqliteJobStore(JobStore):
         self._local = threading.local()
 
     # ------------------------------------------------------------------ rows
-    @staticmethod
-    def _job(row: sqlite3.Row) -> Job:
-        return Job(
-            job_id=row["job_id"],
-            video_url=row["video_url"],
-            callback_base_url=row["callback_base_url"],
-            options=JobOptions.from_dict(json.loads(row["options"])),
-            status=JobStatus(row["status"]),
-            progress=row["progress"],
-            message=row["message"],
-            attempts=row["attempts"],
-            created_at=row["created_at"],
-            updated_at=row["updated_at"],
-            started_at=row["started_at"],
-            finished_at=row["finished_at"],
-            worker_id=row["worker_id"],
-            lease_expires_at=row["lease_expires_at"],
-            result=json.loads(row["result"]) if row["result"] is not None else None,
-            error_code=row["error_code"],
-            error_message=row["error_message"],
-            not_before=row["not_before"],
-        )
 
     def _select_job(self, conn: sqlite3.Connection, job_id: str) -> Job | None:
         row = conn.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
-        return self._job(row) if row is not None else None
+        return job_from_row(row) if row is not None else None
 
     def _select_jobs(self, sql: str, params: Sequence[Any]) -> list[Job]:
-        return [self._job(row) for row in self._conn().execute(sql, params).fetchall()]
+        return [job_from_row(row) for row in self._conn().execute(sql, params).fetchall()]
 
     def _enqueue(
         self, conn: sqlite3.Connection, job_id: str, body: str, terminal: bool, now: float
@@ -235,12 +232,12 @@ class SqliteJobStore(JobStore):
         ).fetchone()
         (held_until,) = conn.execute(
             "SELECT MAX(next_attempt_at) FROM outbox"
-            " WHERE job_id = ? AND state = 'pending' AND terminal = 0",
+            f" WHERE job_id = ? AND state = {PENDING} AND terminal = 0",
             (job_id,),
         ).fetchone()
         conn.execute(
-            "UPDATE outbox SET state = 'superseded'"
-            " WHERE job_id = ? AND state = 'pending' AND terminal = 0",
+            f"UPDATE outbox SET state = {SUPERSEDED}"
+            f" WHERE job_id = ? AND state = {PENDING} AND terminal = 0",
             (job_id,),
         )
         (seq,) = conn.execute(
@@ -248,7 +245,7 @@ class SqliteJobStore(JobStore):
         ).fetchone()
         conn.execute(
             "INSERT INTO outbox (job_id, seq, base_url, payload, terminal, state, attempts,"
-            " created_at, next_attempt_at) VALUES (?, ?, ?, ?, ?, 'pending', 0, ?, ?)",
+            f" created_at, next_attempt_at) VALUES (?, ?, ?, ?, ?, {PENDING}, 0, ?, ?)",
             (job_id, seq, base_url, body, int(terminal), now, max(now, held_until or now)),
         )
 
@@ -448,35 +445,22 @@ class SqliteJobStore(JobStore):
             .execute(
                 "SELECT o.* FROM outbox AS o JOIN ("
                 "  SELECT job_id, MIN(seq) AS seq FROM outbox"
-                "  WHERE state = 'pending' GROUP BY job_id"
+                f"  WHERE state = {PENDING} GROUP BY job_id"
                 ") AS head ON o.job_id = head.job_id AND o.seq = head.seq"
                 " WHERE o.next_attempt_at <= ? ORDER BY o.next_attempt_at, o.id LIMIT ?",
                 (now, limit),
             )
             .fetchall()
         )
-        return [
-            OutboxItem(
-                id=row["id"],
-                job_id=row["job_id"],
-                seq=row["seq"],
-                base_url=row["base_url"],
-                payload=json.loads(row["payload"]),
-                terminal=bool(row["terminal"]),
-                attempts=row["attempts"],
-                created_at=row["created_at"],
-                next_attempt_at=row["next_attempt_at"],
-            )
-            for row in rows
-        ]
+        return [outbox_item_from_row(row) for row in rows]
 
     def mark_delivered(self, item_id: int, now: float) -> None:
         # A superseded callback may have been in flight; it did arrive, so say so.
         with self._write() as conn:
             conn.execute(
-                "UPDATE outbox SET state = 'delivered', attempts = attempts + 1,"
+                f"UPDATE outbox SET state = {DELIVERED}, attempts = attempts + 1,"
                 " delivered_at = ?, last_error = NULL"
-                " WHERE id = ? AND state IN ('pending', 'superseded')",
+                f" WHERE id = ? AND state IN ({PENDING}, {SUPERSEDED})",
                 (now, item_id),
             )
 
@@ -484,19 +468,19 @@ class SqliteJobStore(JobStore):
         with self._write() as conn:
             conn.execute(
                 "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?, last_error = ?"
-                " WHERE id = ? AND state = 'pending'",
+                f" WHERE id = ? AND state = {PENDING}",
                 (next_attempt_at, error, item_id),
             )
 
     def mark_dead(self, item_id: int, error: str, now: float) -> None:
         with self._write() as conn:
             conn.execute(
-                "UPDATE outbox SET state = 'dead', attempts = attempts + 1, last_error = ?"
-                " WHERE id = ? AND state = 'pending'",
+                f"UPDATE outbox SET state = {DEAD}, attempts = attempts + 1, last_error = ?"
+                f" WHERE id = ? AND state = {PENDING}",
                 (error, item_id),
             )
 
-    def callback_log(self, job_id: str) -> list[dict[str, Any]]:
+    def callback_log(self, job_id: str) -> list[CallbackLogEntry]:
         rows = (
             self._conn()
             .execute(
@@ -507,13 +491,13 @@ class SqliteJobStore(JobStore):
             )
             .fetchall()
         )
-        return [{**dict(row), "terminal": bool(row["terminal"])} for row in rows]
+        return [callback_log_entry(row) for row in rows]
 
     # ------------------------------------------------------------------ monitoring
     def stats(self) -> QueueStats:
         conn = self._conn()
         counts = dict(conn.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall())
-        (pending,) = conn.execute("SELECT COUNT(*) FROM outbox WHERE state = 'pending'").fetchone()
+        (pending,) = conn.execute(f"SELECT COUNT(*) FROM outbox WHERE state = {PENDING}").fetchone()
         return QueueStats(
             accepted=counts.get(JobStatus.ACCEPTED.value, 0),
             processing=counts.get(JobStatus.PROCESSING.value, 0),
@@ -546,7 +530,7 @@ class SqliteJobStore(JobStore):
             )
             conn.execute("DELETE FROM workers WHERE last_seen < ?", (now - WORKER_RETENTION_S,))
 
-    def live_workers(self, since: float) -> list[WorkerInfo]:
+    def live_workers(self, since: float) -> list[WorkerStatus]:
         rows = (
             self._conn()
             .execute(
@@ -556,14 +540,7 @@ class SqliteJobStore(JobStore):
             )
             .fetchall()
         )
-        return [
-            {
-                **json.loads(row["info"]),
-                "worker_id": row["worker_id"],
-                "last_seen": row["last_seen"],
-            }
-            for row in rows
-        ]
+        return [worker_status(row["worker_id"], row["info"], row["last_seen"]) for row in rows]
 
     def check_writable(self) -> bool:
         """Write for real: a full disk or a read-only file shows up here, not in a job."""
