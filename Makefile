@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.voxtrace-installed
 
-.PHONY: setup demo serve test lint bench reliability clean
+.PHONY: setup demo serve test test-fast lint bench reliability clean
 
 setup: $(STAMP) data/models/.ready
 
@@ -37,12 +37,17 @@ serve: setup
 	$(VENV)/bin/voxtrace serve
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests bench scripts reliability
-	$(VENV)/bin/ruff format --check src tests bench scripts reliability
+	$(VENV)/bin/ruff check src tests testing bench scripts reliability
+	$(VENV)/bin/ruff format --check src tests testing bench scripts reliability
 	$(VENV)/bin/mypy
 
 test: setup lint
 	$(VENV)/bin/pytest -q
+
+# The quick loop while working (~2 min): everything but the tests marked slow (real
+# models on real audio, real servers end to end). CI runs the full `make test`.
+test-fast: setup lint
+	$(VENV)/bin/pytest -q -m "not slow"
 
 bench: setup
 	$(PY) -m bench

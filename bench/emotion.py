@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-from scripts.train_emotion import expected_calibration_error, f1_scores
 
+from scripts.train_emotion import expected_calibration_error, f1_scores
 from voxtrace.models.emotion import EMOTION_LABELS, load_emotion_model
 from voxtrace.pipeline.emotion import (
     MAX_AROUSAL,

@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from tests.helpers import ServeProcess
+
+from testing.helpers import ServeProcess
 
 __all__ = [
     "Answer",

@@ -31,8 +31,6 @@ from types import ModuleType
 from typing import Any
 
 import httpx
-from tests.helpers import SECRET, GatedFileServer, Server, free_port
-from tests.hostile_servers import HostileServer
 
 from reliability.scenarios import (
     FAILOVER_MOMENTS,
@@ -54,6 +52,8 @@ from reliability.scenarios import (
     signature,
     terminal_calls,
 )
+from testing.helpers import SECRET, GatedFileServer, Server, free_port
+from testing.hostile_servers import HostileServer
 from voxtrace.devbackend import DevBackend, ServerThread
 
 DATA = ROOT / "tests" / "data"
@@ -423,23 +423,24 @@ def section_disk(ctx: Context) -> str:
 def section_machines(ctx: Context) -> str:
     """Two machines on one PostgreSQL store; the one running the job is killed -9 whole."""
     from psycopg import sql
-    from tests import test_store_contract as pg
+
+    from testing import postgres as pg
 
     title = "## Several machines on one PostgreSQL store"
-    missing = pg._postgres_missing()
+    missing = pg.postgres_missing()
     if missing:
         return f"{title}\n\nSkipped: {missing}.\n"
     root = ctx.scratch("failover-files")
     (root / "sample.mp4").write_bytes((DATA / "sample.mp4").read_bytes())
     models, diarizer = models_dir(ctx.whisper_models, ctx.scratch("failover-models"))
     schema = f"vt_reliability_{time.time_ns()}"
-    pg._admin(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+    pg.admin(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
     files = GatedFileServer(root).start()
     outcomes: list[FailoverOutcome] = []
     try:
         with _backend() as (receiver, thread):
             rig = FailoverRig(
-                ctx.scratch("failover"), pg._in_schema(schema), receiver, thread.url, files, models
+                ctx.scratch("failover"), pg.in_schema(schema), receiver, thread.url, files, models
             )
             for _ in range(ctx.failover_reps):
                 for moment in FAILOVER_MOMENTS:
@@ -448,7 +449,7 @@ def section_machines(ctx: Context) -> str:
                     outcomes.append(outcome)
     finally:
         files.stop()
-        pg._admin(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
+        pg.admin(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
 
     def claim_s(o: FailoverOutcome) -> str:
         return f"{o.takeover_s:.1f} s" if o.takeover_s is not None else "- (not rerun)"

@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
-from tests.helpers import GatedFileServer, Server, WorkerProcess
-from tests.hostile_servers import HostileServer
 
+from testing.helpers import GatedFileServer, Server, WorkerProcess
+from testing.hostile_servers import HostileServer
 from voxtrace.devbackend import DevBackend, ReceivedCall, contract_violations
 from voxtrace.domain import Job, JobOptions, JobStatus, NewJob
 from voxtrace.store import JobStore, open_store
@@ -327,7 +327,7 @@ def backend_fault(rig: Rig, url: str, mode: str, dead_base_url: str) -> PolicyOu
 
     modes: down, slow, flapping, 500, 429, 404.
     """
-    from tests.hostile_servers import Flapping
+    from testing.hostile_servers import Flapping
 
     receiver = rig.receiver
     extra: dict[str, Any] = {}

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.helpers import SECRET, SESSION_ENV, suite_processes
+from testing.helpers import SECRET, SESSION_ENV, suite_processes
+from testing.postgres import postgres_missing, scratch_schema
 from voxtrace.config import get_settings
 from voxtrace.devbackend import DevBackend, ServerThread
 from voxtrace.models import ModelBundle, ensure_bundled_whisper_base, load_whisper
@@ -87,3 +88,13 @@ def backend() -> Iterator[tuple[DevBackend, ServerThread]]:
     thread = ServerThread(receiver.app).start()
     yield receiver, thread
     thread.stop()
+
+
+@pytest.fixture
+def pg_schema() -> Iterator[str]:
+    """A fresh schema of the test PostgreSQL, dropped afterwards (skips without one)."""
+    missing = postgres_missing()
+    if missing:
+        pytest.skip(missing)
+    with scratch_schema() as schema:
+        yield schema

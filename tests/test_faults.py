@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+
 from reliability.scenarios import (
     POLLING_ENV,
     Rig,
@@ -26,9 +27,8 @@ from reliability.scenarios import (
     signature,
     terminal_calls,
 )
-
-from tests.helpers import SECRET, GatedFileServer, Server, free_port
-from tests.hostile_servers import HostileServer
+from testing.helpers import SECRET, GatedFileServer, Server, free_port
+from testing.hostile_servers import HostileServer
 from voxtrace.devbackend import DevBackend, ServerThread
 
 DATA = Path(__file__).parent / "data"

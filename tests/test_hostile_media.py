@@ -24,8 +24,8 @@ from typing import Any
 import jiwer
 import pytest
 
-from tests.helpers import normalise_text
-from tests.hostile_servers import HostileServer
+from testing.helpers import normalise_text
+from testing.hostile_servers import HostileServer
 from voxtrace.devbackend import DevBackend, ServerThread, contract_violations
 from voxtrace.domain import JobOptions, Result
 from voxtrace.errors import DownloadError, JobError, classify_exception
@@ -218,7 +218,7 @@ def test_hostile_inputs_through_the_real_server(
     backend: tuple[DevBackend, ServerThread],
     models_path: Path,
 ) -> None:
-    from tests.helpers import Server, terminal
+    from testing.helpers import Server, terminal
 
     receiver, thread = backend
     srv = Server(

@@ -17,14 +17,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from reliability.scenarios import FailoverRig, failover
 
-from tests import test_store_contract as contract
-from tests.helpers import FileServer, GatedFileServer, Server, WorkerProcess, terminal
+from reliability.scenarios import FailoverRig, failover
+from testing.helpers import FileServer, GatedFileServer, Server, WorkerProcess, terminal
+from testing.postgres import in_schema
 from voxtrace.devbackend import DevBackend, ServerThread, contract_violations
 from voxtrace.store import open_store
-
-pg_schema = contract.pg_schema  # the contract suite's fixture: a fresh schema, then dropped
 
 DATA = Path(__file__).parent / "data"
 VIDEOS = ["sample.mp4", "silence.mp4", "silence.mp4", "sample.mp4", "silence.mp4", "silence.mp4"]
@@ -54,7 +52,7 @@ def test_two_nodes_share_one_queue_and_one_dispatcher(
     models_path: Path,
 ) -> None:
     receiver, thread = backend
-    url = contract._in_schema(pg_schema)
+    url = in_schema(pg_schema)
     m1 = Server(
         tmp_path / "m1", thread.url, models_path, VOXTRACE_STORE_URL=url, VOXTRACE_NODE_ID="m1"
     )
@@ -125,7 +123,7 @@ def test_a_machine_that_vanishes_mid_job_loses_nothing(
     files = GatedFileServer(tmp_path / "files").start()
     rig = FailoverRig(
         work=tmp_path,
-        store_url=contract._in_schema(pg_schema),
+        store_url=in_schema(pg_schema),
         receiver=receiver,
         backend_url=thread.url,
         files=files,

@@ -17,7 +17,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers import FileServer, GatedFileServer, Server, WorkerProcess, free_port, terminal
+from testing.helpers import FileServer, GatedFileServer, Server, WorkerProcess, free_port, terminal
 from voxtrace.devbackend import DevBackend, ServerThread
 
 DATA = Path(__file__).parent / "data"

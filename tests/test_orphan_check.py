@@ -6,7 +6,7 @@ import multiprocessing
 import os
 import time
 
-from tests.helpers import SESSION_ENV, suite_processes
+from testing.helpers import SESSION_ENV, suite_processes
 
 
 def _sleep() -> None:

@@ -21,6 +21,7 @@ import httpx
 import pytest
 from botocore.config import Config
 
+from testing.helpers import free_port
 from voxtrace.config import get_settings
 from voxtrace.errors import DownloadError
 from voxtrace.models import pipeline_options
@@ -32,8 +33,6 @@ from voxtrace.pipeline.s3 import (
     parse_object_url,
     presigned_expired,
 )
-
-from .helpers import free_port
 
 BUCKET = "media"
 KEY = "videos/u1/my talk.mp4"

@@ -16,7 +16,7 @@ import httpx
 import jiwer
 import pytest
 
-from tests.helpers import SECRET, FileServer, Server, free_port, normalise_text, terminal
+from testing.helpers import SECRET, FileServer, Server, free_port, normalise_text, terminal
 from voxtrace.devbackend import DevBackend, ReceivedCall, ServerThread
 
 DATA = Path(__file__).parent / "data"

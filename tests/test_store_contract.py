@@ -5,24 +5,21 @@ Each test names the invariant of `voxtrace.store.base` it holds the store to.
 
 from __future__ import annotations
 
-import functools
 import math
 import multiprocessing
 import os
 import sqlite3
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import psycopg
 import pytest
 from psycopg import sql
 
+from testing.postgres import POSTGRES_URL, admin, in_schema
 from voxtrace import errors
 from voxtrace.domain import JobOptions, JobStatus, NewJob
-from voxtrace.logs import redact_url
 from voxtrace.payloads import completed_payload, failed_payload, progress_payload
 from voxtrace.store import MemoryJobStore, SqliteJobStore, open_store
 from voxtrace.store.base import WORKER_RETENTION_S, JobStore
@@ -30,49 +27,6 @@ from voxtrace.store.sqlite import SCHEMA_VERSION
 
 BASE = "http://backend.test"
 LEASE_S = 60.0
-
-# A real PostgreSQL (CI runs one); each test gets a schema of its own, dropped afterwards.
-POSTGRES_URL = os.environ.get(
-    "VOXTRACE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
-)
-
-
-@functools.cache
-def _postgres_missing() -> str | None:
-    try:
-        with psycopg.connect(POSTGRES_URL, connect_timeout=3):
-            pass
-    except psycopg.Error as exc:
-        return (
-            f"PostgreSQL at {redact_url(POSTGRES_URL)} is unreachable ({type(exc).__name__});"
-            " set VOXTRACE_TEST_POSTGRES_URL to run the PostgreSQL store tests"
-        )
-    return None
-
-
-def _in_schema(schema: str, *options: str) -> str:
-    """POSTGRES_URL with its search_path (and `-c` options) set; named after the schema,
-    so a test can find its own sessions in pg_stat_activity."""
-    settings = " ".join(f"-c{option}" for option in (f"search_path={schema}", *options))
-    joiner = "&" if "?" in POSTGRES_URL else "?"
-    return f"{POSTGRES_URL}{joiner}options={quote(settings)}&application_name={schema}"
-
-
-def _admin(statement: sql.Composable, *params: Any) -> list[tuple[Any, ...]]:
-    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
-        cur = conn.execute(statement, params or None)
-        return cur.fetchall() if cur.description else []
-
-
-@pytest.fixture
-def pg_schema() -> Iterator[str]:
-    missing = _postgres_missing()
-    if missing:
-        pytest.skip(missing)
-    schema = f"vt_test_{uuid.uuid4().hex[:12]}"
-    _admin(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
-    yield schema
-    _admin(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
 
 
 @pytest.fixture(params=["memory", "sqlite", "postgres"])
@@ -83,7 +37,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[JobStore]:
     elif request.param == "sqlite":
         impl = SqliteJobStore(tmp_path / "jobs.db")
     else:
-        impl = open_store(_in_schema(request.getfixturevalue("pg_schema")))
+        impl = open_store(in_schema(request.getfixturevalue("pg_schema")))
     yield impl
     impl.close()
 
@@ -701,7 +655,7 @@ def test_two_processes_never_claim_the_same_job(tmp_path: Path) -> None:
 def _pg_store(schema: str, *options: str) -> Any:
     from voxtrace.store.postgres import PostgresJobStore
 
-    return PostgresJobStore(_in_schema(schema, *options))
+    return PostgresJobStore(in_schema(schema, *options))
 
 
 def test_postgres_keeps_jobs_across_reopening(pg_schema: str) -> None:
@@ -720,7 +674,7 @@ def test_postgres_keeps_jobs_across_reopening(pg_schema: str) -> None:
     assert (job.status, job.progress, job.worker_id) == (JobStatus.PROCESSING, 30, "w1")
     assert states(second, "a") == [("processing", "pending")]
     second.close()
-    version = _admin(
+    version = admin(
         sql.SQL("SELECT value FROM {}.voxtrace_meta WHERE key = 'schema_version'").format(
             sql.Identifier(pg_schema)
         )
@@ -754,7 +708,7 @@ def test_postgres_the_database_refuses_a_second_terminal_callback(pg_schema: str
     complete(store, job_id, attempt)
     store.close()
     with pytest.raises(psycopg.errors.UniqueViolation):
-        _admin(
+        admin(
             sql.SQL(
                 "INSERT INTO {}.voxtrace_outbox (job_id, seq, base_url, payload, terminal,"
                 " state, attempts, created_at, next_attempt_at)"
@@ -802,7 +756,7 @@ def test_postgres_claim_skips_a_row_another_session_holds(pg_schema: str) -> Non
     """SKIP LOCKED: a claim does not wait for (or take) a job another claim has locked."""
     store = _pg_store(pg_schema)
     submit(store, "first", "second")
-    with psycopg.connect(_in_schema(pg_schema)) as other:  # a transaction left open
+    with psycopg.connect(in_schema(pg_schema)) as other:  # a transaction left open
         other.execute("SELECT 1 FROM voxtrace_jobs WHERE job_id = 'first' FOR UPDATE")
         assert claim(store, "w1") == ("second", 1)
         assert store.claim("w2", LEASE_S, now=10.0) is None
@@ -857,7 +811,7 @@ def _terminate_sessions(application_name: str, only_pid: int | None = None) -> i
     """Kill a test's sessions as a server restart would; return once they are gone."""
     import time
 
-    rows = _admin(
+    rows = admin(
         sql.SQL(
             "SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity"
             " WHERE application_name = %s AND (%s::int IS NULL OR pid = %s::int)"
@@ -869,7 +823,7 @@ def _terminate_sessions(application_name: str, only_pid: int | None = None) -> i
     pids = [pid for pid, _ in rows]
     deadline = time.monotonic() + 10
     alive = sql.SQL("SELECT 1 FROM pg_stat_activity WHERE pid = ANY(%s)")
-    while pids and _admin(alive, pids) and time.monotonic() < deadline:
+    while pids and admin(alive, pids) and time.monotonic() < deadline:
         time.sleep(0.05)
     return len(pids)
 
@@ -979,7 +933,7 @@ def test_postgres_sessions_get_a_statement_and_lock_timeout_unless_the_url_sets_
 
 def _holding(schema: str, *statements: str) -> psycopg.Connection[Any]:
     """Another session, its transaction left open after `statements` (it holds their locks)."""
-    other = psycopg.connect(_in_schema(schema))
+    other = psycopg.connect(in_schema(schema))
     for statement in statements:
         other.execute(statement)
     return other
@@ -1077,7 +1031,7 @@ def test_open_store_by_postgres_url(pg_schema: str) -> None:
     from voxtrace.store import PostgresJobStore
 
     for scheme in ("postgresql", "postgres"):
-        url = _in_schema(pg_schema).replace("postgresql://", f"{scheme}://", 1)
+        url = in_schema(pg_schema).replace("postgresql://", f"{scheme}://", 1)
         opened = open_store(url)
         assert isinstance(opened, PostgresJobStore)
         assert opened.schema == pg_schema
@@ -1102,7 +1056,6 @@ def test_open_store_by_url(tmp_path: Path) -> None:
 
 def test_sqlite_closes_connections_of_finished_threads(tmp_path: Path) -> None:
     """Each job's heartbeat thread touches the store; its connection must not outlive it."""
-    import os
     import threading
 
     store = SqliteJobStore(tmp_path / "jobs.db")

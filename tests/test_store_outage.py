@@ -19,9 +19,9 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 from psycopg import sql
 
-from tests.helpers import WorkerProcess, terminal
-from tests.hostile_servers import HostileServer
-from tests.test_store_contract import POSTGRES_URL, _admin, _postgres_missing
+from testing.helpers import WorkerProcess, terminal
+from testing.hostile_servers import HostileServer
+from testing.postgres import POSTGRES_URL, admin, postgres_missing
 from voxtrace.devbackend import DevBackend, ServerThread
 from voxtrace.domain import JobStatus, NewJob
 from voxtrace.store.base import JobStore
@@ -36,15 +36,15 @@ pytestmark = pytest.mark.slow
 @pytest.fixture
 def database() -> Iterator[str]:
     """A throwaway database of its own: the test turns connections to it off and on."""
-    missing = _postgres_missing()
+    missing = postgres_missing()
     if missing:
         pytest.skip(missing)
     name = f"vt_outage_{uuid.uuid4().hex[:12]}"
-    _admin(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    admin(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     try:
         yield name
     finally:
-        _admin(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        admin(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 def _url(database: str) -> str:
@@ -55,11 +55,9 @@ def _connections(database: str, allowed: bool) -> None:
     """Refuse (and end) every session to `database`, as a server going away does; or
     accept them again."""
     allow = sql.SQL("true" if allowed else "false")
-    _admin(
-        sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS {}").format(sql.Identifier(database), allow)
-    )
+    admin(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS {}").format(sql.Identifier(database), allow))
     if not allowed:
-        _admin(
+        admin(
             sql.SQL(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
                 " WHERE datname = %s AND pid <> pg_backend_pid()"
