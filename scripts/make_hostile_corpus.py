@@ -8,7 +8,7 @@ the outcome the pipeline owes it: `completed`, or `failed` with an error code. T
 and the reliability runner read that manifest, so the expectations live in one place.
 
 The served-over-HTTP attacks (a server that trickles, resets, lies about its length or
-sends an endless body) are not files: they live in `tests/hostile_servers.py`.
+sends an endless body) are not files: they live in `testing/hostile_servers.py`.
 """
 
 from __future__ import annotations

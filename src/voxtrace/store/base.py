@@ -2,7 +2,7 @@
 
 One interface so the API, the worker and the callback dispatcher never know which
 backend holds the jobs (SQLite for one machine, PostgreSQL for several, memory for tests).
-A shared test suite (tests/test_store_contract.py) runs against every implementation.
+A shared test suite (tests/store/) runs against every implementation.
 
 Invariants every implementation keeps:
 - `progress` never decreases within a job.
