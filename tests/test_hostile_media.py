@@ -31,8 +31,9 @@ from voxtrace.domain import JobOptions, Result
 from voxtrace.errors import DownloadError, JobError, classify_exception
 from voxtrace.models import ModelBundle
 from voxtrace.pipeline.assemble import result_to_contract
+from voxtrace.pipeline.audio import AudioOptions
 from voxtrace.pipeline.fetch import FetchOptions, fetch
-from voxtrace.pipeline.runner import AudioOptions, PipelineOptions, run_pipeline
+from voxtrace.pipeline.runner import PipelineOptions, run_pipeline
 from voxtrace.pipeline.transcribe import TranscribeOptions
 
 ROOT = Path(__file__).resolve().parent.parent

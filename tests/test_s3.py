@@ -24,7 +24,6 @@ from botocore.config import Config
 from testing.helpers import free_port
 from voxtrace.config import get_settings
 from voxtrace.errors import DownloadError
-from voxtrace.models import pipeline_options
 from voxtrace.pipeline.fetch import FetchOptions, fetch
 from voxtrace.pipeline.s3 import (
     S3Object,
@@ -33,6 +32,7 @@ from voxtrace.pipeline.s3 import (
     parse_object_url,
     presigned_expired,
 )
+from voxtrace.wiring import pipeline_options
 
 BUCKET = "media"
 KEY = "videos/u1/my talk.mp4"

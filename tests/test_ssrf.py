@@ -22,10 +22,10 @@ from pydantic import ValidationError
 from voxtrace.api.schemas import ProcessVideoRequest
 from voxtrace.config import get_settings
 from voxtrace.errors import DownloadError
-from voxtrace.models import pipeline_options
 from voxtrace.netpolicy import host_matches, ip_literal, is_forbidden_address
 from voxtrace.pipeline import netguard
 from voxtrace.pipeline.fetch import FetchOptions, fetch
+from voxtrace.wiring import pipeline_options
 
 from .test_api import assert_envelope, make_server
 

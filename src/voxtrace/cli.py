@@ -140,10 +140,10 @@ def cmd_process(args: argparse.Namespace) -> int:
     import tempfile
 
     from voxtrace.domain import JobOptions
-    from voxtrace.models import load_models, pipeline_options
     from voxtrace.pipeline.assemble import result_to_contract
     from voxtrace.pipeline.formats import to_srt, to_vtt
     from voxtrace.pipeline.runner import run_pipeline
+    from voxtrace.wiring import load_models, pipeline_options
 
     settings = _settings(args)
     options = JobOptions(

@@ -2,7 +2,8 @@
 
 Pipeline stages never load models; they are handed the objects of a `ModelBundle`.
 The settings object is only a type here (duck-typed at run time), so importing this
-package does not pull in the configuration layer.
+package does not pull in the configuration layer; nor the pipeline (the options the
+pipeline runs with are built in `voxtrace.wiring`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ if TYPE_CHECKING:
     from voxtrace.config import Settings
     from voxtrace.models.emotion import EmotionModel
     from voxtrace.models.speaker import SpeakerModels
-    from voxtrace.pipeline.runner import PipelineOptions
 
 __all__ = [
     "SPEAKER_MODELS_DIR",
@@ -32,7 +32,6 @@ __all__ = [
     "ensure_bundled_whisper_base",
     "load_models",
     "load_whisper",
-    "pipeline_options",
     "prepare_models",
     "resolve_whisper_model",
 ]
@@ -92,42 +91,3 @@ def _load_emotion() -> EmotionModel:
     from voxtrace.models.emotion import load_emotion_model
 
     return load_emotion_model()
-
-
-def pipeline_options(settings: Settings) -> PipelineOptions:
-    """The pipeline's option records, built once from the settings."""
-    from urllib.parse import urlsplit
-
-    from voxtrace.pipeline.fetch import FetchOptions
-    from voxtrace.pipeline.runner import AudioOptions, PipelineOptions
-    from voxtrace.pipeline.s3 import S3Options
-    from voxtrace.pipeline.transcribe import TranscribeOptions
-
-    # The S3 endpoint is a host the operator named: it may be plain http and private.
-    trusted = tuple(settings.allow_http_hosts)
-    endpoint_host = urlsplit(settings.s3_endpoint_url or "").hostname
-    if endpoint_host and endpoint_host not in trusted:
-        trusted += (endpoint_host,)
-    secret = settings.s3_secret_access_key
-    return PipelineOptions(
-        fetch=FetchOptions(
-            max_bytes=settings.max_download_bytes,
-            connect_timeout_s=min(10.0, settings.download_timeout_s),
-            read_timeout_s=settings.download_timeout_s,
-            total_timeout_s=settings.download_total_timeout_s,
-            max_redirects=settings.max_redirects,
-            allow_http_hosts=trusted,
-            allow_download_hosts=tuple(settings.allow_download_hosts),
-            s3=S3Options(
-                region=settings.s3_region,
-                endpoint_url=settings.s3_endpoint_url,
-                access_key_id=settings.s3_access_key_id,
-                secret_access_key=secret.get_secret_value() if secret else None,
-            ),
-        ),
-        audio=AudioOptions(
-            ffmpeg_timeout_s=settings.ffmpeg_timeout_s,
-            max_duration_s=settings.max_media_duration_s,
-        ),
-        transcribe=TranscribeOptions(beam_size=settings.beam_size),
-    )

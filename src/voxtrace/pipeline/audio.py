@@ -25,7 +25,7 @@ from voxtrace.errors import (
     ProcessingTimeout,
 )
 
-__all__ = ["SAMPLE_RATE", "MediaInfo", "extract_audio", "probe"]
+__all__ = ["SAMPLE_RATE", "AudioOptions", "MediaInfo", "extract_audio", "probe"]
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +33,14 @@ SAMPLE_RATE = 16000
 _PCM_FILE = "audio.s16le"
 _NO_SPACE_MARKERS = ("No space left on device", "Disk quota exceeded")
 _NO_STREAM_MARKERS = ("does not contain any stream", "matches no streams")
+
+
+@dataclass(frozen=True)
+class AudioOptions:
+    """Limits of the audio stage: ffmpeg's wall time, and the longest media accepted."""
+
+    ffmpeg_timeout_s: float = 600.0
+    max_duration_s: float = 60 * 60.0
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from voxtrace.domain import JobOptions, Result, Segment, SpeakerTurn, SpeechRegi
 from voxtrace.errors import AudioExtractionError, MediaTooLong
 from voxtrace.models import ModelBundle
 from voxtrace.pipeline.assemble import DEFAULT_SPEAKER, SegmentRules, build_segments
-from voxtrace.pipeline.audio import SAMPLE_RATE, extract_audio, probe
+from voxtrace.pipeline.audio import SAMPLE_RATE, AudioOptions, extract_audio, probe
 from voxtrace.pipeline.fetch import FetchOptions, fetch, filename_from_url
 from voxtrace.pipeline.prosody import measure_words
 from voxtrace.pipeline.transcribe import TranscribeOptions, transcribe
@@ -58,12 +58,6 @@ STAGES: dict[str, tuple[int, int, str]] = {
     "analysis": (75, 90, "Analyzing emotion and confidence..."),
     "assemble": (90, 100, "Assembling results..."),
 }
-
-
-@dataclass(frozen=True)
-class AudioOptions:
-    ffmpeg_timeout_s: float = 600.0
-    max_duration_s: float = 60 * 60.0
 
 
 @dataclass(frozen=True)

@@ -23,13 +23,14 @@ from voxtrace.config import Settings
 from voxtrace.domain import Job
 from voxtrace.errors import InsufficientResources, JobError, classify_exception
 from voxtrace.logs import job_context
-from voxtrace.models import ModelBundle, pipeline_options
+from voxtrace.models import ModelBundle
 from voxtrace.payloads import completed_payload, failed_payload
 from voxtrace.pipeline.assemble import result_to_contract
 from voxtrace.pipeline.runner import PipelineOptions, run_pipeline
 from voxtrace.retry import compute_backoff
 from voxtrace.store.base import JobStore
 from voxtrace.store.outage import StoreOutage, WorkerStopping
+from voxtrace.wiring import pipeline_options
 from voxtrace.worker.hooks import JobHooks, LostOwnership
 
 __all__ = ["JobRunner", "check_free_disk", "fail_job"]

@@ -34,10 +34,10 @@ from collections.abc import Iterator
 from typing import Any
 
 from voxtrace.config import Settings
-from voxtrace.models import load_models
 from voxtrace.store import open_store
 from voxtrace.store.base import JobStore, WorkerInfo
 from voxtrace.store.outage import STORE_UNAVAILABLE, StoreOutage, WorkerStopping
+from voxtrace.wiring import load_models
 from voxtrace.worker.job import JobRunner
 
 __all__ = ["Presence", "worker_main"]

@@ -28,13 +28,13 @@ from pathlib import Path
 
 import httpx
 
-from voxtrace.callbacks import CallbackDispatcher
 from voxtrace.config import Settings
 from voxtrace.domain import Job
 from voxtrace.errors import InsufficientResources, JobError, ProcessingTimeout
 from voxtrace.retry import compute_backoff
 from voxtrace.store.base import JobStore
 from voxtrace.store.outage import STORE_UNAVAILABLE, StoreOutage
+from voxtrace.wiring import callback_dispatcher
 from voxtrace.worker.ids import WorkerId
 from voxtrace.worker.job import fail_job
 from voxtrace.worker.process import worker_main
@@ -140,23 +140,7 @@ class Supervisor:
             self._spawn(slot)
         self._threads.append(threading.Thread(target=self._monitor, name="supervisor", daemon=True))
         if dispatch_callbacks:
-            self._http = httpx.Client(
-                timeout=self.settings.callback_timeout_s, follow_redirects=False
-            )
-            dispatcher = CallbackDispatcher(
-                self.store,
-                self._http,
-                path=self.settings.callback_path,
-                secret=(
-                    self.settings.callback_secret.get_secret_value()
-                    if self.settings.callback_secret
-                    else None
-                ),
-                retry_window_s=self.settings.callback_retry_window_s,
-                timeout_s=self.settings.callback_timeout_s,
-                backoff_base_s=self.settings.callback_backoff_base_s,
-                backoff_cap_s=self.settings.callback_backoff_cap_s,
-            )
+            dispatcher, self._http = callback_dispatcher(self.settings, self.store)
             self._threads.append(
                 threading.Thread(
                     target=dispatcher.run, args=(self._stop,), name="callbacks", daemon=True
