@@ -204,7 +204,7 @@ def test_subtitles() -> None:
 
 
 def test_rounded_emotion_probabilities_still_sum_to_one() -> None:
-    from voxtrace.pipeline.assemble import _round_distribution
+    from voxtrace.contract import _round_distribution
 
     probs = {
         "anger": 0.0034,

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import logging
 import random
 import threading
@@ -33,6 +32,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 
 from voxtrace import metrics
+from voxtrace.contract import strict_json
 from voxtrace.domain import OutboxItem
 from voxtrace.logs import job_context
 from voxtrace.retry import compute_backoff, is_retryable_status, parse_retry_after
@@ -47,8 +47,8 @@ USER_AGENT = "ML-Server/1.0"
 
 
 def encode_body(payload: dict[str, Any]) -> bytes:
-    """The exact bytes sent (and signed): compact UTF-8 JSON; NaN/Infinity refused."""
-    return json.dumps(payload, allow_nan=False, ensure_ascii=False, separators=(",", ":")).encode()
+    """The exact bytes sent (and signed): the stored text (`contract.strict_json`), UTF-8."""
+    return strict_json(payload).encode()
 
 
 def sign_body(body: bytes, secret: str) -> str:

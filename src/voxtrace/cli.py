@@ -139,8 +139,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_process(args: argparse.Namespace) -> int:
     import tempfile
 
+    from voxtrace.contract import result_to_contract
     from voxtrace.domain import JobOptions
-    from voxtrace.pipeline.assemble import result_to_contract
     from voxtrace.pipeline.formats import to_srt, to_vtt
     from voxtrace.pipeline.runner import run_pipeline
     from voxtrace.wiring import load_models, pipeline_options

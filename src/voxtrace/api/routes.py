@@ -25,6 +25,7 @@ from voxtrace.api.schemas import (
     QueuePublic,
 )
 from voxtrace.config import Settings
+from voxtrace.contract import ACCEPTED_MESSAGE
 from voxtrace.domain import JobOptions, JobStatus, NewJob
 from voxtrace.errors import JobNotFound, RequestError, VoxtraceError
 from voxtrace.logs import redact_url
@@ -88,7 +89,7 @@ def process_video(
         return ProcessVideoAccepted(
             job_id=job.job_id,
             status=JobStatus.ACCEPTED.value,
-            message="Processing started",
+            message=ACCEPTED_MESSAGE,
             estimated_time=queue.estimate_s(ahead=queue.stats.unfinished - 1),
         )
     return ProcessVideoAccepted(

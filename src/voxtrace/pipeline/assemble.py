@@ -1,8 +1,8 @@
 """Join words, speakers and prosody into caption segments and the contract's JSON.
 
 Segments are cut for reading: at a change of speaker, at the end of a sentence, at a
-pause, and before they grow too long. `result_to_contract` is the one place that knows
-the wire shape of `result` and guarantees its numeric invariants.
+pause, and before they grow too long. The wire shape of `result` is
+`voxtrace.contract.result_to_contract` (re-exported here for older imports).
 """
 
 from __future__ import annotations
@@ -10,17 +10,15 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
+from voxtrace.contract import result_to_contract
 from voxtrace.domain import (
-    Result,
     Segment,
     SpeakerTurn,
     Transcription,
     Word,
     WordProsody,
 )
-from voxtrace.pipeline.prosody import MAX_PITCH_HZ, MAX_VOLUME_DB, MIN_PITCH_HZ, MIN_VOLUME_DB
 
 __all__ = [
     "DEFAULT_SPEAKER",
@@ -163,68 +161,3 @@ def _make_segment(words: Sequence[Word]) -> Segment:
         words=tuple(words),
         confidence=sum(w.confidence for w in words) / len(words),
     )
-
-
-# ------------------------------------------------------------------- wire shape
-
-
-def _finite(value: float, digits: int, low: float = -math.inf, high: float = math.inf) -> float:
-    """Round and clamp; a non-finite value would break the backend's JSONB storage."""
-    value = float(value)
-    if not math.isfinite(value):
-        value = low if math.isfinite(low) else 0.0
-    return round(min(high, max(low, value)), digits)
-
-
-def _round_distribution(probabilities: dict[str, float], digits: int) -> dict[str, float]:
-    """Round probabilities so they still sum to exactly 1 (largest remainder first)."""
-    scale = 10**digits
-    values = {k: _finite(p, 12, 0.0, 1.0) for k, p in probabilities.items()}
-    total = sum(values.values()) or 1.0
-    exact = {k: v / total * scale for k, v in values.items()}
-    units = {k: math.floor(v) for k, v in exact.items()}
-    short = scale - sum(units.values())
-    for k in sorted(exact, key=lambda k: exact[k] - units[k], reverse=True)[:short]:
-        units[k] += 1
-    return {k: u / scale for k, u in units.items()}
-
-
-def result_to_contract(result: Result) -> dict[str, Any]:
-    """The contract's `result` object: every number finite and within its range."""
-    segments: list[dict[str, Any]] = []
-    for seg in result.segments:
-        entry: dict[str, Any] = {
-            "start_time": _finite(seg.start_s, 3, 0.0),
-            "end_time": _finite(max(seg.end_s, seg.start_s), 3, 0.0),
-            "speaker": {"speaker_id": seg.speaker_id},
-            "text": seg.text,
-            "confidence": _finite(seg.confidence, 3, 0.0, 1.0),
-            "words": [
-                {
-                    "word": w.text.strip(),
-                    "start": _finite(w.start_s, 3, 0.0),
-                    "end": _finite(max(w.end_s, w.start_s), 3, 0.0),
-                    "volume_db": _finite(w.volume_db, 2, MIN_VOLUME_DB, MAX_VOLUME_DB),
-                    "pitch_hz": _finite(w.pitch_hz, 2, MIN_PITCH_HZ, MAX_PITCH_HZ),
-                    "confidence": _finite(w.confidence, 3, 0.0, 1.0),
-                }
-                for w in seg.words
-            ],
-        }
-        if seg.emotion is not None:
-            entry["emotion"] = {
-                "emotion": seg.emotion.label,
-                "confidence": _finite(seg.emotion.confidence, 3, 0.0, 1.0),
-                "probabilities": _round_distribution(seg.emotion.probabilities, 3),
-            }
-        segments.append(entry)
-    return {
-        "metadata": {
-            "filename": result.filename,
-            "duration": _finite(result.duration_s, 3, 0.0),
-            "total_segments": len(segments),
-            "unique_speakers": len({seg.speaker_id for seg in result.segments}),
-            "language": result.language,
-        },
-        "segments": segments,
-    }

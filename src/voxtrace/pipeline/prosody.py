@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
+from voxtrace.contract import MAX_PITCH_HZ, MAX_VOLUME_DB, MIN_PITCH_HZ, MIN_VOLUME_DB
 from voxtrace.domain import TranscribedWord, WordProsody
 from voxtrace.pipeline.audio import SAMPLE_RATE
 
@@ -26,10 +27,6 @@ __all__ = [
     "track_pitch",
 ]
 
-MIN_VOLUME_DB = -60.0
-MAX_VOLUME_DB = 0.0
-MIN_PITCH_HZ = 100.0
-MAX_PITCH_HZ = 1000.0
 DEFAULT_PITCH_HZ = 150.0  # only when a file has no voiced word at all
 PITCH_FLOOR_HZ = 65.0
 PITCH_CEILING_HZ = 1000.0

@@ -31,7 +31,6 @@ Invariants every implementation keeps:
 from __future__ import annotations
 
 import abc
-import json
 from typing import Any
 
 from voxtrace.domain import Job, NewJob, OutboxItem, QueueStats
@@ -46,12 +45,6 @@ Payload = dict[str, Any]  # a callback body, as JSON-ready data
 # A worker row unseen this long is deleted (live workers report every few seconds; a day
 # keeps yesterday's crashed workers visible to `live_workers(since=0)` for a post-mortem).
 WORKER_RETENTION_S = 24 * 3600.0
-
-
-def strict_json(data: Any) -> str:
-    """Compact strict JSON for stored payloads: NaN/Infinity raise ValueError here, before
-    a backend writes anything (the backend could not send such a callback body)."""
-    return json.dumps(data, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
 
 
 def check_owner_args(worker_id: str | None, attempt: int | None) -> None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from voxtrace import errors
+from voxtrace.contract import COMPLETED_MESSAGE, strict_json
 from voxtrace.domain import (
     TERMINAL_STATUSES,
     Job,
@@ -30,7 +31,6 @@ from voxtrace.store.base import (
     Payload,
     WorkerInfo,
     check_owner_args,
-    strict_json,
 )
 from voxtrace.store.rows import CallbackLogEntry, OutboxState, WorkerStatus, worker_status
 
@@ -226,7 +226,7 @@ class MemoryJobStore(JobStore):
                 job,
                 status=JobStatus.COMPLETED,
                 progress=100,
-                message="Processing completed",
+                message=COMPLETED_MESSAGE,
                 result=stored_result,
                 finished_at=now,
                 updated_at=now,

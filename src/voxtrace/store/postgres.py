@@ -55,6 +55,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import DictRow, dict_row
 
 from voxtrace import errors
+from voxtrace.contract import COMPLETED_MESSAGE, strict_json
 from voxtrace.domain import Job, JobStatus, NewJob, OutboxItem, QueueStats
 from voxtrace.logs import redact_url
 from voxtrace.store.base import (
@@ -63,7 +64,6 @@ from voxtrace.store.base import (
     Payload,
     WorkerInfo,
     check_owner_args,
-    strict_json,
 )
 from voxtrace.store.rows import (
     CallbackLogEntry,
@@ -564,7 +564,7 @@ class PostgresJobStore(JobStore):
         def finish(conn: _Conn) -> bool:
             row = conn.execute(
                 "UPDATE voxtrace_jobs SET status = 'completed', progress = 100,"
-                " message = 'Processing completed', result = %s::json, finished_at = %s,"
+                f" message = '{COMPLETED_MESSAGE}', result = %s::json, finished_at = %s,"
                 f" updated_at = %s, lease_expires_at = NULL WHERE {_FENCE}"
                 " RETURNING callback_base_url",
                 (result_json, now, now, job_id, worker_id, attempt),

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from voxtrace import errors
+from voxtrace.contract import COMPLETED_MESSAGE, strict_json
 from voxtrace.domain import Job, JobStatus, NewJob, OutboxItem, QueueStats
 from voxtrace.store.base import (
     WORKER_RETENTION_S,
@@ -31,7 +32,6 @@ from voxtrace.store.base import (
     Payload,
     WorkerInfo,
     check_owner_args,
-    strict_json,
 )
 from voxtrace.store.rows import (
     CallbackLogEntry,
@@ -350,7 +350,7 @@ class SqliteJobStore(JobStore):
         with self._write() as conn:
             cur = conn.execute(
                 "UPDATE jobs SET status = 'completed', progress = 100,"
-                " message = 'Processing completed', result = ?, finished_at = ?,"
+                f" message = '{COMPLETED_MESSAGE}', result = ?, finished_at = ?,"
                 f" updated_at = ?, lease_expires_at = NULL WHERE {_FENCE}",
                 (result_json, now, now, job_id, worker_id, attempt),
             )

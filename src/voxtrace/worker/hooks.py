@@ -21,9 +21,9 @@ import time
 from collections.abc import Callable
 
 from voxtrace.config import Settings
+from voxtrace.contract import progress_payload
 from voxtrace.domain import Job
 from voxtrace.logs import job_context
-from voxtrace.payloads import progress_payload
 from voxtrace.store.base import JobStore
 from voxtrace.store.outage import STORE_UNAVAILABLE, StoreOutage
 

@@ -20,13 +20,12 @@ from typing import TypeVar
 
 from voxtrace import metrics
 from voxtrace.config import Settings
+from voxtrace.contract import completed_payload, failed_payload, result_to_contract
 from voxtrace.domain import Job
 from voxtrace.errors import InsufficientResources, JobError, classify_exception
 from voxtrace.logs import job_context
 from voxtrace.models import ModelBundle
-from voxtrace.payloads import completed_payload, failed_payload
-from voxtrace.pipeline.assemble import result_to_contract
-from voxtrace.pipeline.runner import PipelineOptions, run_pipeline
+from voxtrace.pipeline.runner import STAGES, PipelineOptions, run_pipeline
 from voxtrace.retry import compute_backoff
 from voxtrace.store.base import JobStore
 from voxtrace.store.outage import StoreOutage, WorkerStopping
@@ -101,7 +100,7 @@ class JobRunner:
     def _run(self, job: Job, work_dir: Path) -> None:
         try:
             with JobHooks(self.store, job, self.worker_id, self.settings, self.outage) as report:
-                report(max(job.progress, 1), "Initialising")
+                report(max(job.progress, 1), STAGES["init"][2])
                 check_free_disk(self.settings)
                 # An earlier attempt's orphaned ffmpeg may still write here: start afresh.
                 shutil.rmtree(work_dir, ignore_errors=True)
@@ -115,7 +114,7 @@ class JobRunner:
                     report,
                     metrics.observe_stage,
                 )
-                report(99, "Assembling the result")
+                report(99, STAGES["assemble"][2])
                 contract = result_to_contract(result)
             payload = completed_payload(job.job_id, contract)
             done = self._stored(
