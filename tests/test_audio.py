@@ -87,8 +87,14 @@ def _hls(dest: Path, segment: Path) -> Path:
 
 def test_a_playlist_naming_a_local_file_is_refused(data_dir: Path, tmp_path: Path) -> None:
     """ffmpeg's HLS demuxer follows the paths a playlist names: an unrestricted probe and
-    decode of this 100-byte ".mp4" would return sample.mp4's audio."""
-    playlist = _hls(tmp_path / "download.mp4", (data_dir / "sample.mp4").resolve())
+    decode of this 100-byte ".mp4" returns the local .ts file's audio."""
+    secret = tmp_path / "secret.ts"
+    subprocess.run(
+        ["ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(data_dir / "jfk.flac"),
+         "-c:a", "aac", "-f", "mpegts", str(secret)],
+        check=True,
+    )  # fmt: skip
+    playlist = _hls(tmp_path / "download.mp4", secret.resolve())
     with pytest.raises(AudioExtractionError):
         probe(playlist, timeout_s=30)
     with pytest.raises(AudioExtractionError):

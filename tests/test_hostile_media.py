@@ -137,6 +137,26 @@ def test_corpus_file_gets_its_outcome(
     assert leftovers == []
 
 
+def test_a_playlist_cannot_read_another_jobs_media(
+    hostile: HostileServer, bundle: ModelBundle, tmp_path: Path
+) -> None:
+    """Issue 12's reproduction: job B's "video" is a 130-byte HLS playlist naming
+    `../victim-job/download.mp4`, job A's upload next door. Unrestricted, ffmpeg follows
+    it and B's result is A's transcript."""
+    victim = tmp_path / "victim-job"
+    victim.mkdir()
+    subprocess.run(
+        ["ffmpeg", "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i",
+         "testsrc=size=64x64:rate=5", "-i", str(DATA / "jfk.flac"), "-shortest",
+         "-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac", "-movflags", "+faststart",
+         str(victim / "download.mp4")],
+        check=True,
+    )  # fmt: skip
+    result, error = _run(hostile.url("file", "hls_relative.mp4"), tmp_path / "attacker", bundle)
+    assert result is None, f"read the other job's media: {_words(result)!r}"
+    assert error is not None and error.code == "AUDIO_EXTRACTION_ERROR"
+
+
 # ------------------------------------------------------------- hostile servers
 
 
