@@ -143,16 +143,20 @@ def create_app(settings: Settings, store: JobStore) -> FastAPI:
         if not allowed:
             raise RateLimited(retry_after_s=wait_s)
 
-    def require_api_key(request: Request) -> None:
-        """Constant-time check of `X-API-Key` (or `Authorization: Bearer`), when configured."""
+    def has_api_key(request: Request) -> bool:
+        """Constant-time check of `X-API-Key` (or `Authorization: Bearer`); True when
+        no key is configured."""
         if settings.api_key is None:
-            return
+            return True
         given = request.headers.get("x-api-key", "")
         auth = request.headers.get("authorization", "")
         if not given and auth.lower().startswith("bearer "):
             given = auth[7:].strip()
         expected = settings.api_key.get_secret_value()
-        if not hmac.compare_digest(given.encode(), expected.encode()):
+        return hmac.compare_digest(given.encode(), expected.encode())
+
+    def require_api_key(request: Request) -> None:
+        if not has_api_key(request):
             raise Unauthorized()
 
     Limited = Depends(rate_limit)
@@ -255,13 +259,13 @@ def create_app(settings: Settings, store: JobStore) -> FastAPI:
         return JobPublic.from_job(job, store.callback_log(job_id))
 
     @app.get("/api/queue", response_model=QueuePublic, summary="Queue depth, capacity, workers")
-    def get_queue(store: Store) -> QueuePublic:
-        return _queue(store)
+    def get_queue(request: Request, store: Store) -> QueuePublic:
+        return _queue(store, show_jobs=has_api_key(request))
 
     @app.get("/health", response_model=HealthPublic, summary="Liveness and readiness")
-    def health(store: Store) -> JSONResponse:
+    def health(request: Request, store: Store) -> JSONResponse:
         writable = store.check_writable()
-        queue = _queue(store)
+        queue = _queue(store, show_jobs=has_api_key(request))
         # Ready means this node's own workers have their models: on a shared PostgreSQL
         # store the queue also lists other machines' workers, which say nothing about us.
         workers_ok = settings.workers == 0 or any(
@@ -283,8 +287,13 @@ def create_app(settings: Settings, store: JobStore) -> FastAPI:
         )
         return JSONResponse(body.model_dump(), status_code=200 if writable else 503)
 
-    def _queue(store: JobStore) -> QueuePublic:
+    def _queue(store: JobStore, show_jobs: bool) -> QueuePublic:
+        """Counts for anyone; which job each worker runs only for a caller with the API
+        key (when one is set): a job id names the job's status, result and media."""
         stats = store.stats()
+        workers = store.live_workers(since=time.time() - WORKER_STALE_S)
+        if not show_jobs:
+            workers = [{k: v for k, v in w.items() if k != "job_id"} for w in workers]
         return QueuePublic(
             accepted=stats.accepted,
             processing=stats.processing,
@@ -293,7 +302,7 @@ def create_app(settings: Settings, store: JobStore) -> FastAPI:
             unfinished=stats.unfinished,
             capacity=settings.max_active_jobs,
             callbacks_pending=stats.callbacks_pending,
-            workers=store.live_workers(since=time.time() - WORKER_STALE_S),
+            workers=workers,
         )
 
     def _estimate_s(store: JobStore, ahead: int) -> int:
