@@ -214,6 +214,55 @@ def test_trickling_server_is_cut_off_by_a_total_deadline(corpus: Path, tmp_path:
     assert list(tmp_path.iterdir()) == []
 
 
+def _fetch_in_thread(
+    url: str, dest: Path, opts: FetchOptions
+) -> tuple[threading.Thread, list[BaseException]]:
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            fetch(url, dest, opts)
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread, errors
+
+
+def test_header_trickle_is_cut_off_by_the_total_deadline(corpus: Path, tmp_path: Path) -> None:
+    """Issue 12 #6: the status line, then one header byte per 0.2 s, forever. No read
+    is ever idle for read_timeout_s, and the body loop's deadline check never runs:
+    only a deadline on every socket read ends it."""
+    with HostileServer(corpus, trickle_interval_s=0.2) as server:
+        url = server.url("headtrickle", "speech.wav")
+        thread, errors = _fetch_in_thread(url, tmp_path, _options(total_timeout_s=3.0).fetch)
+        thread.join(timeout=10)
+        still_running = thread.is_alive()
+    thread.join(timeout=10)  # stopping the server released it
+    assert not still_running, "download still waiting for headers after 10 s"
+    assert errors and isinstance(errors[0], DownloadError), errors
+    assert errors[0].code == "DOWNLOAD_ERROR" and errors[0].retryable
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_compressed_answer_is_refused_and_never_decoded(
+    hostile: HostileServer, tmp_path: Path
+) -> None:
+    """Issue 12 #5: media is never asked for compressed, and a server that compresses
+    anyway is refused before a byte lands on disk (64 MB of zeros here are 64 KB
+    gzipped; the real attack was 13 MB -> 3 GB)."""
+    seen = len(hostile.headers)
+    for url in (hostile.url("gzipbomb"), hostile.url("gzip", "speech.wav")):
+        with pytest.raises(DownloadError) as caught:
+            fetch(url, tmp_path, _options().fetch)
+        assert "compressed" in caught.value.message
+        assert not caught.value.retryable
+        assert list(tmp_path.iterdir()) == []
+    sent = hostile.headers[seen:]
+    assert sent and all(h.get("accept-encoding") == "identity" for h in sent), sent
+
+
 # ------------------------------------------------------------- through the server
 
 
@@ -227,6 +276,9 @@ SERVER_CASES = [
     ("endless", "", "failed", "DOWNLOAD_ERROR", 1),
     # never idle, never done: the total download deadline ends each attempt
     ("trickle", "speech.wav", "failed", "DOWNLOAD_ERROR", 3),
+    ("headtrickle", "speech.wav", "failed", "DOWNLOAD_ERROR", 3),  # headers never end
+    ("gzipbomb", "", "failed", "DOWNLOAD_ERROR", 1),
+    ("file", "hls_absolute.mp4", "failed", "AUDIO_EXTRACTION_ERROR", 1),
 ]
 
 
