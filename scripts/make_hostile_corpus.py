@@ -80,6 +80,13 @@ ITEMS: tuple[CorpusItem, ...] = (
     CorpusItem("speech.mp3", "audio only: MP3", "completed", None, True),
     CorpusItem("speech.m4a", "audio only: M4A (AAC)", "completed", None, True),
     CorpusItem("mp3_named.mp4", "an MP3 named .mp4", "completed", None, True),
+    CorpusItem(
+        "second_track.mp4",
+        "speech only in the 2nd audio track (1st silent)",
+        "completed",
+        None,
+        True,
+    ),
     CorpusItem("short.wav", "0.2 s of audio", "completed"),
     CorpusItem("silence.wav", "6 s of digital silence", "completed"),
     CorpusItem("noise.wav", "6 s of white noise", "completed"),
@@ -169,6 +176,9 @@ def make_corpus(out: Path, speech: Path = DEFAULT_SPEECH) -> tuple[CorpusItem, .
     _ffmpeg("-i", str(speech), "-c:a", "libmp3lame", "-b:a", "64k", str(out / "speech.mp3"))
     _ffmpeg("-i", str(speech), "-c:a", "aac", "-b:a", "64k", str(out / "speech.m4a"))
     shutil.copyfile(out / "speech.mp3", out / "mp3_named.mp4")
+    _ffmpeg(*tiny_video, "-f", "lavfi", "-i", "anullsrc=r=16000:cl=mono", "-i", str(speech),
+            "-map", "0:v", "-map", "1:a", "-map", "2:a", "-shortest", *x264, "-c:a", "aac",
+            "-b:a", "48k", str(out / "second_track.mp4"))  # fmt: skip
 
     _ffmpeg("-ss", "1.0", "-t", "0.2", "-i", str(speech), "-ac", "1", str(out / "short.wav"))
     _ffmpeg("-f", "lavfi", "-i", "anullsrc=r=16000:cl=mono", "-t", "6", str(out / "silence.wav"))
