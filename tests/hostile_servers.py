@@ -135,7 +135,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Type", "video/mp4")
         self.send_header("Content-Encoding", "gzip")
         self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")  # the client is expected to hang up
         self.end_headers()
+        self.close_connection = True
         self.wfile.write(body)
 
     def _endless(self) -> None:

@@ -360,3 +360,35 @@ def _alive(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return state != "Z"
+
+
+# ------------------------------------------------------------- a running neighbour
+
+
+@pytest.mark.slow
+def test_a_playlist_cannot_read_a_running_neighbours_media_through_the_server(
+    tmp_path: Path, backend: tuple[DevBackend, ServerThread], models_path: Path
+) -> None:
+    """Issue 12 as reported: two workers, a victim job past its download, and a playlist
+    job naming the victim's real work directory (more than an attacker can know)."""
+    from reliability.scenarios import POLLING_ENV, Rig, neighbour_playlist
+
+    from tests.helpers import Server
+
+    root = tmp_path / "files"
+    root.mkdir()
+    subprocess.run(
+        ["ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(DATA / "sample.mp4"), "-c", "copy",
+         "-movflags", "+faststart", str(root / "victim.mp4")],
+        check=True,
+    )  # fmt: skip
+    receiver, thread = backend
+    data_dir = tmp_path / "data"
+    srv = Server(data_dir, thread.url, models_path, VOXTRACE_WORKERS="2", **POLLING_ENV)
+    with HostileServer(root) as files, srv:
+        outcome = neighbour_playlist(Rig(srv, files, receiver, data_dir), "victim.mp4")
+    assert outcome.attacker == "AUDIO_EXTRACTION_ERROR", outcome
+    assert outcome.leaked_words == 0
+    assert outcome.victim == "completed"
+    assert not outcome.victim_dir_guessable
+    assert outcome.terminal_callbacks == (1, 1)
