@@ -50,6 +50,16 @@ WHISPER_LANGUAGES = frozenset((
 # fmt: on
 
 
+def _any_case(word: str) -> str:
+    return "".join(f"[{c.upper()}{c}]" for c in word)
+
+
+# In the OpenAPI schema and enforced: "auto", one of Whisper's codes (any case), or "".
+LANGUAGE_PATTERN = (
+    "^(?:" + "|".join(_any_case(w) for w in ("auto", *sorted(WHISPER_LANGUAGES))) + ")?$"
+)
+
+
 class ProcessVideoRequest(BaseModel):
     """What the backend POSTs. Unknown keys are accepted and ignored (SPEC part 3)."""
 
@@ -67,7 +77,7 @@ class ProcessVideoRequest(BaseModel):
     )
     language: str | None = Field(
         None,
-        pattern=r"^(?:[Aa][Uu][Tt][Oo]|[A-Za-z]{2,3})?$",
+        pattern=LANGUAGE_PATTERN,
         description='"auto" or a Whisper language code (ISO 639-1 such as "ko")',
     )
     num_speakers: int | None = Field(None, ge=1, le=32)
