@@ -105,7 +105,7 @@ ITEMS: tuple[CorpusItem, ...] = (
             ("hls_relative.mp4", "HLS playlist naming ../victim-job/download.mp4"),
             ("hls_nested.mp4", "HLS master playlist naming a local media playlist"),
             ("hls_live.mp4", "live HLS playlist (no end tag) naming a local .ts"),
-            ("dash.mp4", "DASH manifest whose BaseURL is a local file"),
+            ("dash.mp4", "DASH manifest whose BaseURL is a local .ts"),
             ("ffconcat.mp4", "ffconcat list naming a local file"),
             ("concat_relative.mp4", "ffconcat list with a relative ../ path"),
             ("sdp.mp4", "SDP description: RTP over UDP from 127.0.0.1"),
@@ -140,9 +140,8 @@ def _reads_other_files(out: Path, speech: Path) -> None:
         '<?xml version="1.0"?>\n<MPD xmlns="urn:mpeg:dash:schema:mpd:2011" type="static" '
         'mediaPresentationDuration="PT11S" minBufferTime="PT1S" '
         'profiles="urn:mpeg:dash:profile:isoff-on-demand:2011">\n'
-        f"<BaseURL>file:{secret_wav}</BaseURL>\n"
-        '<Period><AdaptationSet mimeType="audio/wav"><Representation id="a" '
-        'bandwidth="256000"><BaseURL>' + str(secret_wav) + "</BaseURL>"
+        '<Period><AdaptationSet mimeType="audio/mp4"><Representation id="a" '
+        f'bandwidth="64000" codecs="mp4a.40.2"><BaseURL>{secret_ts}</BaseURL>'
         "</Representation></AdaptationSet></Period></MPD>\n"
     )
     (out / "ffconcat.mp4").write_text(f"ffconcat version 1.0\nfile '{secret_wav}'\n")
