@@ -101,8 +101,7 @@ def _input_url(path: Path) -> str:
 
 def _allowed_demuxer(format_name: str) -> str | None:
     """The demuxer to pin, if ffprobe's choice is allowed (names come as "mov,mp4,...")."""
-    names = format_name.split(",")
-    return names[0] if names and set(names) & set(ALLOWED_DEMUXERS) else None
+    return next((n for n in format_name.split(",") if n in ALLOWED_DEMUXERS), None)
 
 
 def _with_parent(cmd: list[str]) -> list[str]:
