@@ -11,7 +11,7 @@ import platform
 import sys
 from pathlib import Path
 
-from bench import api, diarization, emotion, pipeline
+from bench import api, diarization, emotion, media, pipeline
 
 OUT = Path("docs/benchmarks.md")
 
@@ -24,6 +24,7 @@ def main(argv: list[str]) -> int:
         diarization.run(fixtures / "diarization", long_minutes=60.0),
         emotion.run(),
         api.run(),
+        media.run(),
     ]
     header = [
         "# Benchmarks",

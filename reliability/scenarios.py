@@ -616,3 +616,70 @@ def _done(store: JobStore, job_id: str) -> bool:
 def _progress_at_least(store: JobStore, job_id: str, progress: int) -> bool:
     job = store.get(job_id)
     return job is not None and (job.progress >= progress or job.status.value in TERMINAL)
+
+
+# ------------------------------------------------------------------ media attacks
+
+
+@dataclass(frozen=True)
+class NeighbourOutcome:
+    """A playlist naming a running neighbour job's download: what the attacker got."""
+
+    attacker: str  # terminal status or error code of the playlist job
+    leaked_words: int  # words of the attacker's result that are the victim's
+    victim: str  # terminal status or error code of the victim job
+    victim_dir_guessable: bool  # the victim's media sat at work/<job id>/download.*
+    terminal_callbacks: tuple[int, int]  # (attacker, victim): each must be 1
+
+
+def neighbour_playlist(rig: Rig, victim_name: str, timeout_s: float = 240) -> NeighbourOutcome:
+    """Issue 12's reproduction through `voxtrace serve` (two workers): while a victim
+    job is past its download, submit an HLS playlist (served as `.mp4`) naming
+    `../<the victim's real work dir>/download.mp4`. The attacker is handed the real,
+    unguessable directory name (read from disk): the demuxer whitelist alone must stop it.
+
+    `victim_name` is a file of `rig.files.root` with speech (faststart mp4, the layout
+    HLS can read).
+    """
+    victim = rig.submit(rig.files.url("file", victim_name))
+    work = rig.data_dir / "work"
+
+    def victim_download() -> Path | None:
+        for child in work.glob("*/download.*") if work.is_dir() else ():
+            if child.parent.name.startswith(victim):
+                job = rig.job(victim)
+                return child if job["progress"] >= 25 else None
+        return None
+
+    media = _until("victim's download", victim_download, 120, poll_s=0.05)
+    playlist = f"neighbour-{uuid.uuid4().hex[:8]}.mp4"
+    (rig.files.root / playlist).write_text(
+        "#EXTM3U\n#EXT-X-TARGETDURATION:20\n#EXTINF:20.0,\n"
+        f"../{media.parent.name}/{media.name}\n#EXT-X-ENDLIST\n"
+    )
+    attacker = rig.submit(rig.files.url("file", playlist))
+    ends = {
+        job_id: terminal_calls(rig.wait_terminal(job_id, timeout_s))
+        for job_id in (attacker, victim)
+    }
+    victim_words = _result_words(rig.job(victim).get("result"))
+    attacker_words = _result_words(rig.job(attacker).get("result"))
+    return NeighbourOutcome(
+        attacker=_outcome(ends[attacker]),
+        leaked_words=sum(1 for w in attacker_words if w in set(victim_words)),
+        victim=_outcome(ends[victim]),
+        victim_dir_guessable=media.parent.name == victim,
+        terminal_callbacks=(len(ends[attacker]), len(ends[victim])),
+    )
+
+
+def _outcome(ends: list[ReceivedCall]) -> str:
+    if not ends:
+        return "none"
+    return str(ends[0].body.get("error_code") or ends[0].body["status"])
+
+
+def _result_words(result: dict[str, Any] | None) -> list[str]:
+    if not result:
+        return []
+    return [w["word"].strip(" .,?!").lower() for s in result["segments"] for w in s["words"]]

@@ -8,6 +8,12 @@
     /reset/NAME         sends half of NAME, then a TCP reset
     /short/NAME         claims more bytes than it sends, then closes cleanly
     /endless            no Content-Length, zeros until the client hangs up
+    /headtrickle/NAME   sends the status line, then one header byte every
+                        `trickle_interval_s` forever: the body never starts
+    /gzip/NAME          NAME gzip-compressed with Content-Encoding: gzip, whatever the
+                        client's Accept-Encoding says
+    /gzipbomb           Content-Encoding: gzip, `bomb_decoded_bytes` of zeros that
+                        compress about 1000:1
     /status/CODE        answers CODE with an empty body
 
 Handlers stop when `stop()` is called, so a client stuck reading is released.
@@ -16,7 +22,9 @@ Also `Flapping`: a `DevBackend.faults` stand-in that fails every other callback.
 
 from __future__ import annotations
 
+import gzip
 import http.server
+import io
 import socket
 import struct
 import threading
@@ -39,6 +47,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         owner = self.server.owner
         owner.requests.append(self.path)
+        owner.headers.append({k.lower(): v for k, v in self.headers.items()})
         path = self.path.split("?", 1)[0]
         kind, _, name = path.lstrip("/").partition("/")
         try:
@@ -47,6 +56,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 return
             if kind == "endless":
                 self._endless()
+                return
+            if kind == "gzipbomb":
+                self._gzipped(owner.bomb())
                 return
             file = owner.root / name
             if not name or "/" in name or not file.is_file():
@@ -61,6 +73,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 self._paced(data, owner.slow_bytes_per_s)
             elif kind == "trickle":
                 self._trickle(data)
+            elif kind == "headtrickle":
+                self._header_trickle()
+            elif kind == "gzip":
+                self._gzipped(gzip.compress(data))
             elif kind == "reset":
                 self._head(200, len(data))
                 self.wfile.write(data[: len(data) // 2])
@@ -105,6 +121,25 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             i += 1
         self.close_connection = True
 
+    def _header_trickle(self) -> None:
+        owner = self.server.owner
+        self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: video/mp4\r\nX-Padding: ")
+        self.wfile.flush()
+        while not owner.stopping.wait(owner.trickle_interval_s):
+            self.wfile.write(b"a")
+            self.wfile.flush()
+        self.close_connection = True
+
+    def _gzipped(self, body: bytes) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "video/mp4")
+        self.send_header("Content-Encoding", "gzip")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")  # the client is expected to hang up
+        self.end_headers()
+        self.close_connection = True
+        self.wfile.write(body)
+
     def _endless(self) -> None:
         self._head(200, None)
         zeros = b"\0" * _CHUNK
@@ -127,9 +162,16 @@ class HostileServer:
     """Serves the files of `root` in the ways listed in the module docstring."""
 
     def __init__(
-        self, root: Path, slow_bytes_per_s: float = 64_000, trickle_interval_s: float = 0.2
+        self,
+        root: Path,
+        slow_bytes_per_s: float = 64_000,
+        trickle_interval_s: float = 0.2,
+        bomb_decoded_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         self.root = root
+        self.bomb_decoded_bytes = bomb_decoded_bytes
+        self._bomb: bytes | None = None
+        self.headers: list[dict[str, str]] = []
         self.slow_bytes_per_s = slow_bytes_per_s
         self.trickle_interval_s = trickle_interval_s
         self.stopping = threading.Event()
@@ -138,6 +180,17 @@ class HostileServer:
         self.httpd.owner = self
         self.port = int(self.httpd.server_address[1])
         self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def bomb(self) -> bytes:
+        """`bomb_decoded_bytes` of zeros, gzip-compressed (made once)."""
+        if self._bomb is None:
+            zeros = b"\0" * (1 << 20)
+            buffer = io.BytesIO()
+            with gzip.GzipFile(fileobj=buffer, mode="wb", compresslevel=9) as out:
+                for _ in range(max(1, self.bomb_decoded_bytes >> 20)):
+                    out.write(zeros)
+            self._bomb = buffer.getvalue()
+        return self._bomb
 
     def start(self) -> HostileServer:
         self._thread.start()

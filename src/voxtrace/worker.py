@@ -37,6 +37,7 @@ import multiprocessing
 import multiprocessing.connection
 import multiprocessing.process
 import os
+import secrets
 import shutil
 import signal
 import sys
@@ -73,6 +74,39 @@ MONITOR_INTERVAL_S = 1.0
 IDLE_POLL_S = 0.5
 PARENT_POLL_S = 1.0
 _T = TypeVar("_T")
+
+
+def job_work_dir(work_path: Path, job_id: str) -> Path:
+    """A fresh private directory for one attempt of a job: `<job id>.<128 random bits>`,
+    mode 0700, inside a 0700 `work_path`.
+
+    The name cannot be guessed from the job id (which `/api/queue` once showed), so a
+    hostile file cannot name another job's media by `../<job id>/download.mp4`, and other
+    local users cannot list or read it. Directories of this job's earlier attempts (an
+    orphaned decoder may still write there) are removed first.
+    """
+    work_path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    work_path.chmod(0o700)
+    remove_job_dirs(work_path, job_id)
+    path = work_path / f"{job_id}.{secrets.token_hex(16)}"
+    path.mkdir(mode=0o700)
+    path.chmod(0o700)  # whatever the umask
+    return path
+
+
+def job_of_work_dir(path: Path) -> str:
+    """The job id a `job_work_dir` belongs to ("" for anything else)."""
+    job_id, dot, token = path.name.rpartition(".")
+    return job_id if dot and len(token) == 32 else ""
+
+
+def remove_job_dirs(work_path: Path, job_id: str) -> None:
+    """Remove every work directory of `job_id` (all attempts)."""
+    if not work_path.is_dir():
+        return
+    for child in work_path.iterdir():
+        if job_of_work_dir(child) == job_id:
+            shutil.rmtree(child, ignore_errors=True)
 
 
 class LostOwnership(Exception):
@@ -221,10 +255,9 @@ class JobRunner:
             self._run_logged(job)
 
     def _run_logged(self, job: Job) -> None:
-        work_dir = self.settings.work_path / job.job_id
         log.info("job %s: attempt %d started on %s", job.job_id, job.attempts, self.worker_id)
         try:
-            self._run(job, work_dir)
+            self._run(job)
         except WorkerStopping:
             log.warning(
                 "job %s: stopped before its outcome could be stored; it runs again once"
@@ -232,19 +265,17 @@ class JobRunner:
                 job.job_id,
             )
         finally:
-            shutil.rmtree(work_dir, ignore_errors=True)
+            remove_job_dirs(self.settings.work_path, job.job_id)
 
     def _stored(self, call: Callable[[], _T]) -> _T:
         return self.outage.retry(call, self.stopping)
 
-    def _run(self, job: Job, work_dir: Path) -> None:
+    def _run(self, job: Job) -> None:
         try:
             with _Progress(self.store, job, self.worker_id, self.settings, self.outage) as report:
                 report(max(job.progress, 1), "Initialising")
                 _check_free_disk(self.settings)
-                # An earlier attempt's orphaned ffmpeg may still write here: start afresh.
-                shutil.rmtree(work_dir, ignore_errors=True)
-                work_dir.mkdir(parents=True, exist_ok=True)
+                work_dir = job_work_dir(self.settings.work_path, job.job_id)
                 result = run_pipeline(
                     job.video_url,
                     work_dir,
@@ -565,7 +596,7 @@ class Supervisor:
         if work.exists():
             busy = {j.job_id for j in self.store.jobs_owned_by(self.settings.node_prefix)}
             for child in work.iterdir():
-                if child.name not in busy:
+                if job_of_work_dir(child) not in busy:
                     shutil.rmtree(child, ignore_errors=True)
 
     # -- internals
@@ -701,7 +732,7 @@ class Supervisor:
             failed_payload(job.job_id, progress, err.code, err.message),
             time.time(),
         )
-        shutil.rmtree(self.settings.work_path / job.job_id, ignore_errors=True)
+        remove_job_dirs(self.settings.work_path, job.job_id)
 
 
 def _supervisor_gone(worker_id: str | None) -> bool:

@@ -141,16 +141,20 @@ def create_app(settings: Settings, store: JobStore) -> FastAPI:
         if not allowed:
             raise RateLimited(retry_after_s=wait_s)
 
-    def require_api_key(request: Request) -> None:
-        """Constant-time check of `X-API-Key` (or `Authorization: Bearer`), when configured."""
+    def has_api_key(request: Request) -> bool:
+        """Constant-time check of `X-API-Key` (or `Authorization: Bearer`); True when
+        no key is configured."""
         if settings.api_key is None:
-            return
+            return True
         given = request.headers.get("x-api-key", "")
         auth = request.headers.get("authorization", "")
         if not given and auth.lower().startswith("bearer "):
             given = auth[7:].strip()
         expected = settings.api_key.get_secret_value()
-        if not hmac.compare_digest(given.encode(), expected.encode()):
+        return hmac.compare_digest(given.encode(), expected.encode())
+
+    def require_api_key(request: Request) -> None:
+        if not has_api_key(request):
             raise Unauthorized()
 
     Limited = Depends(rate_limit)
@@ -256,8 +260,8 @@ def create_app(settings: Settings, store: JobStore) -> FastAPI:
         return JobPublic.from_job(job, store.callback_log(job_id))
 
     @app.get("/api/queue", response_model=QueuePublic, summary="Queue depth, capacity, workers")
-    def get_queue(store: Store) -> QueuePublic:
-        return _queue(store)
+    def get_queue(request: Request, store: Store) -> QueuePublic:
+        return _queue(store, show_jobs=has_api_key(request))
 
     @app.get(
         "/metrics",
@@ -270,9 +274,9 @@ def create_app(settings: Settings, store: JobStore) -> FastAPI:
         return Response(body, media_type=content_type)
 
     @app.get("/health", response_model=HealthPublic, summary="Liveness and readiness")
-    def health(store: Store) -> JSONResponse:
+    def health(request: Request, store: Store) -> JSONResponse:
         writable = store.check_writable()
-        queue = _queue(store)
+        queue = _queue(store, show_jobs=has_api_key(request))
         # Ready means this node's own workers have their models: on a shared PostgreSQL
         # store the queue also lists other machines' workers, which say nothing about us.
         workers_ok = settings.worker_processes == 0 or any(
@@ -294,9 +298,14 @@ def create_app(settings: Settings, store: JobStore) -> FastAPI:
         )
         return JSONResponse(body.model_dump(), status_code=200 if writable else 503)
 
-    def _queue(store: JobStore) -> QueuePublic:
+    def _queue(store: JobStore, show_jobs: bool) -> QueuePublic:
+        """Counts for anyone; which job each worker runs only for a caller with the API
+        key (when one is set): a job id names the job's status, result and media."""
         queue = admission.snapshot(store, settings)
         stats = queue.stats
+        workers = queue.workers
+        if not show_jobs:
+            workers = [{k: v for k, v in w.items() if k != "job_id"} for w in workers]
         return QueuePublic(
             accepted=stats.accepted,
             processing=stats.processing,
@@ -308,7 +317,7 @@ def create_app(settings: Settings, store: JobStore) -> FastAPI:
             running_slots=queue.slots,
             estimated_wait_s=queue.wait_s(ahead=stats.unfinished),
             callbacks_pending=stats.callbacks_pending,
-            workers=queue.workers,
+            workers=workers,
         )
 
     return app
