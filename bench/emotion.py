@@ -74,8 +74,9 @@ FloatArray = npt.NDArray[np.float32]
 
 def _probabilities(
     model: EmotionModel, cache: EmbeddingCache, corpus: Corpus, language: str
-) -> FloatArray:
-    """Runtime head on cached embeddings (checked against the runtime encoder)."""
+) -> tuple[FloatArray, FloatArray]:
+    """Runtime head on cached embeddings (checked against the runtime encoder): with the
+    deployment prior (what a job gets) and with equal priors (for comparison)."""
     texts = [t for t, keep in zip(corpus.texts, corpus.single, strict=True) if keep]
     cached = [t for t in texts if t in cache.vectors]
     sample = random.Random(0).sample(cached, min(48, len(cached)))
@@ -85,7 +86,9 @@ def _probabilities(
             raise SystemExit(f"embedding cache disagrees with the encoder ({gap:.2g})")
     x = cache.embed(texts)
     temperatures = np.full(len(texts), model.temperature_for(language), dtype=np.float32)
-    return model.head.probabilities(x, temperatures)
+    z = model.head.logits(x) / temperatures[:, None]
+    equal = np.exp(z - z.max(axis=1, keepdims=True))
+    return model.head.probabilities(x, temperatures), equal / equal.sum(axis=1, keepdims=True)
 
 
 def _confusion(true: npt.NDArray[np.int64], pred: npt.NDArray[np.int64]) -> list[str]:
@@ -100,22 +103,30 @@ def _confusion(true: npt.NDArray[np.int64], pred: npt.NDArray[np.int64]) -> list
     return lines
 
 
-def _scores(name: str, probs: FloatArray, true: npt.NDArray[np.int64]) -> list[str]:
+def _scores(
+    name: str, probs: FloatArray, equal: FloatArray, true: npt.NDArray[np.int64]
+) -> list[str]:
     pred = probs.argmax(axis=1).astype(np.int64)
     f1 = f1_scores(true, pred)
+    pred_equal = equal.argmax(axis=1).astype(np.int64)
     neutral_pred = np.full_like(true, NEUTRAL)
     lines = [
         f"**{name}** ({len(true)} rows)",
         "",
         "| | accuracy | macro-F1 | ECE |",
         "|---|---|---|---|",
-        f"| voxtrace | {np.mean(pred == true):.3f} | {f1.mean():.3f} | "
-        f"{expected_calibration_error(probs, true):.3f} |",
+        f"| voxtrace (as deployed: conversational prior) | {np.mean(pred == true):.3f} |"
+        f" {f1.mean():.3f} | {expected_calibration_error(probs, true):.3f} |",
+        f"| same head, equal priors | {np.mean(pred_equal == true):.3f} |"
+        f" {f1_scores(true, pred_equal).mean():.3f} |"
+        f" {expected_calibration_error(equal, true):.3f} |",
         f"| always neutral | {np.mean(true == NEUTRAL):.3f} | "
         f"{f1_scores(true, neutral_pred).mean():.3f} | — |",
         "",
         "Per-class F1: "
         + ", ".join(f"{lb} {s:.2f}" for lb, s in zip(EMOTION_LABELS, f1, strict=True)),
+        "",
+        "Confusion matrix (as deployed):",
         "",
         *_confusion(true, pred),
         "",
@@ -231,8 +242,8 @@ def run(
         ("English — GoEmotions test (Reddit), rows with one Ekman-7 class", ge, "en"),
         ("Korean — KOTE test (online comments), rows where one class holds ≥ half", ko, "ko"),
     ):
-        probs = _probabilities(model, cache, corpus, language)
-        lines += _scores(title, probs, corpus.labels[corpus.single].astype(np.int64))
+        probs, equal = _probabilities(model, cache, corpus, language)
+        lines += _scores(title, probs, equal, corpus.labels[corpus.single].astype(np.int64))
 
     lines += _backchannels(model)
     lines += _speed(model)

@@ -331,3 +331,31 @@ def test_head_asset_is_small_and_calibrated(model: EmotionModel) -> None:
     assert prior.sum() == pytest.approx(1.0, abs=1e-5)
     assert EMOTION_LABELS[int(np.argmax(prior))] == "neutral"
     assert model.head.labels == EMOTION_LABELS
+
+
+# ------------------------------------------------------------------- training data
+
+
+def test_kote_targets_weigh_classes_by_their_base_rate(tmp_path: Path) -> None:
+    from scripts.train_emotion import KOTE_TO_EKMAN, read_kote
+
+    kote = tmp_path / "kote"
+    kote.mkdir()
+    names = ["화남/분노", "기쁨", "행복", "즐거움/신남", "없음", "의심/불신", "공포/무서움"]
+    assert all(n in KOTE_TO_EKMAN for n in names if n != "의심/불신")
+    (kote / "labels.txt").write_text("".join(f"{i}\t{n}\n" for i, n in enumerate(names)))
+    rows = [
+        "1\t정말 화나\t0",  # anger only
+        "2\t좋다 좋아\t1,2,3",  # joy, three joy labels
+        "3\t글쎄\t5",  # only an unmapped label: dropped
+        "4\t무섭고 좋아\t1,2,6",  # two joy labels, one (rarer) fear label
+        "5\t그냥\t4",  # none -> neutral
+    ]
+    (kote / "val.tsv").write_text("\n".join(rows) + "\n")
+    corpus = read_kote(tmp_path, "val")
+    assert corpus.texts == ["정말 화나", "좋다 좋아", "무섭고 좋아", "그냥"]
+    np.testing.assert_allclose(corpus.targets.sum(axis=1), 1.0, atol=1e-6)
+    labels = [EMOTION_LABELS[i] for i in corpus.labels]
+    # Joy is common (5 labels in 5 rows: 1 per row), fear rare (0.2 per row): one fear
+    # label (5x its rate) outweighs two joy labels (2x), where raw counts would say joy.
+    assert labels == ["anger", "joy", "fear", "neutral"]
