@@ -162,14 +162,17 @@ def classify_segments(
 
     `language` is the transcription's language code: text in a language the encoder
     covers uses the text model, the rest (and empty texts) the voice-only fallback. All
-    texts go through the encoder in batched calls.
+    distinct texts go through the encoder in batched calls.
     """
     if len(texts) != len(arousal):
         raise ValueError("texts and arousal must have the same length")
     covered = model.covers(language)
     text_indices = [i for i, t in enumerate(texts) if covered and t.strip()]
-    text_probs = model.predict_proba([texts[i].strip() for i in text_indices], language)
-    by_index = dict(zip(text_indices, text_probs.astype(np.float64), strict=True))
+    # Each distinct text once: conversation repeats its backchannels ("네.", "Yeah.").
+    unique = sorted({texts[i].strip() for i in text_indices})
+    probs = model.predict_proba(unique, language).astype(np.float64)
+    by_text = dict(zip(unique, probs, strict=True))
+    by_index = {i: by_text[texts[i].strip()] for i in text_indices}
 
     emotions = []
     for i, voice in enumerate(arousal):
