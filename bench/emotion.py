@@ -10,8 +10,10 @@ for any choice: GoEmotions test, KOTE test, and the issue's own backchannels (ke
 of the training list).
 
 e5 costs 50-200 ms per sentence on this shared 2-core machine, so the test texts'
-embeddings are read from the training script's cache (by text) when it has them; 48 of
-them are embedded again by the runtime encoder and must agree, else the bench stops.
+embeddings are read from the training script's cache (by text, default /tmp/emotion/cache)
+when it has them; 48 of them are embedded again by the runtime encoder and must agree,
+else the bench stops. Without a cache the first run embeds the ~6,700 test texts itself
+(10-20 minutes) and caches them.
 
 Cost: a 10-minute Korean recording (the 100 ko-dev clips, each once, 1.1 s of silence
 after each: 597 s, no clip repeats) goes through the pipeline without the emotion model

@@ -30,7 +30,8 @@ so the head's outputs assume equal priors; the runtime adds the log of a deploym
 Embeddings are cached per text under --cache (e5 cost 90-400 ms per sentence on the
 shared, overloaded 2-core machine, about an hour of CPU for the ~23k texts used); the
 head training takes a few minutes.
-`--compare-minilm` also trains the same head on all-MiniLM-L6-v2 for the English numbers.
+`--compare-minilm` trains the committed head's configuration on all-MiniLM-L6-v2 instead
+(English rows only) and prints its GoEmotions test figures, with and without the prior.
 Deterministic: fixed seeds, so a rerun reproduces the same file.
 """
 
@@ -137,6 +138,8 @@ KOTE_TO_EKMAN: dict[str, str] = {
 # trained, so the report sets are prefixes of the test files (the same in bench/).
 GE_TEST_ROWS = 4968  # of 4,968 single-class rows
 KOTE_TEST_ROWS = 1750  # of 5,000 lines
+# --compare-minilm: the first rows of (train sample, dev sample, test) it uses.
+COMPARE_ROWS = (3000, 1000, 2000)
 # The backchannel rows weigh this much in all, against 1 for each corpus.
 CHATTER_WEIGHT = 0.02
 MIN_EVAL_SHARE = 0.5  # a row is scored only when one class holds at least this share
@@ -473,10 +476,25 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    parser.add_argument("--compare-minilm", action="store_true")
+    parser.add_argument(
+        "--compare-minilm",
+        action="store_true",
+        help="train the committed head's configuration on MiniLM (English) and stop",
+    )
     args = parser.parse_args()
 
     from voxtrace.models.text_encoder import E5Encoder
+
+    if args.compare_minilm:
+        saved = json.loads(args.out.with_suffix(".json").read_text(encoding="utf-8"))
+        rng = random.Random(0)
+        train = stratified(read_goemotions(args.data, "train"), 9000, 1800, rng)
+        dev = stratified(read_goemotions(args.data, "dev"), 2100, 400, rng)
+        cfg = HeadConfig(**saved["config"])
+        compare_minilm(
+            args.cache, train, dev, goemotions_test(args.data), backchannel_corpus(), cfg
+        )
+        return
 
     e5 = EmbeddingCache(args.cache, "e5", E5Encoder().encode)
     rng = random.Random(0)
@@ -571,34 +589,35 @@ def main() -> None:
     print(json.dumps({k: v for k, v in metadata.items() if k != "search"}, indent=2))
     print(f"wrote {args.out} ({args.out.stat().st_size / 1024:.0f} KiB)", file=sys.stderr)
 
-    if args.compare_minilm:
-        compare_minilm(args.cache, ge_train, ge_dev, goemotions_test(args.data), chatter, best_cfg)
-
 
 def compare_minilm(
     cache: Path, train: Corpus, dev: Corpus, test: Corpus, chatter: Corpus, cfg: HeadConfig
 ) -> None:
-    """The same recipe on all-MiniLM-L6-v2, English only: does MiniLM earn its place?"""
+    """The same recipe on all-MiniLM-L6-v2 and on e5, English only, on the same rows
+    (the first COMPARE_ROWS of each split: MiniLM embeddings cost time too)."""
     from voxtrace.models.emotion import find_minilm_dir
-    from voxtrace.models.text_encoder import MiniLMEncoder
+    from voxtrace.models.text_encoder import E5Encoder, MiniLMEncoder
 
-    minilm = EmbeddingCache(cache, "minilm", MiniLMEncoder(find_minilm_dir()).encode)
-    x_train = np.concatenate([minilm.embed(train.texts), minilm.embed(chatter.texts)])
-    y_train = np.concatenate([train.targets, chatter.targets])
-    groups = np.concatenate([np.zeros(len(train.texts)), np.ones(len(chatter.texts))])
-    layers = train_head(x_train, y_train, cfg, groups.astype(np.int64), [1.0, CHATTER_WEIGHT])
-    t = fit_temperature(logits_of(layers, minilm.embed(dev.texts)), dev.targets)
-    prior = log_prior(train.targets, DEPLOY_NEUTRAL)
-    z = logits_of(layers, minilm.embed(test.texts)) / t
-    print(
-        json.dumps(
-            {
-                "minilm_goemotions_test": metrics(softmax(z + prior), test),
-                "minilm_goemotions_test_equal_prior": metrics(softmax(z), test),
-            },
-            indent=2,
-        )
-    )
+    n_train, n_dev, n_test = COMPARE_ROWS
+    train = train.subset(np.arange(min(n_train, len(train.texts))), train.name)
+    dev = dev.subset(np.arange(min(n_dev, len(dev.texts))), dev.name)
+    test = test.subset(np.arange(min(n_test, len(test.texts))), test.name)
+    encoders = {
+        "minilm": EmbeddingCache(cache, "minilm", MiniLMEncoder(find_minilm_dir()).encode),
+        "e5": EmbeddingCache(cache, "e5", E5Encoder().encode),
+    }
+    out: dict[str, object] = {"rows": {"train": n_train, "dev": n_dev, "test": n_test}}
+    for name, enc in encoders.items():
+        x_train = np.concatenate([enc.embed(train.texts), enc.embed(chatter.texts)])
+        y_train = np.concatenate([train.targets, chatter.targets])
+        groups = np.concatenate([np.zeros(len(train.texts)), np.ones(len(chatter.texts))])
+        layers = train_head(x_train, y_train, cfg, groups.astype(np.int64), [1.0, CHATTER_WEIGHT])
+        t = fit_temperature(logits_of(layers, enc.embed(dev.texts)), dev.targets)
+        prior = log_prior(train.targets, DEPLOY_NEUTRAL)
+        z = logits_of(layers, enc.embed(test.texts)) / t
+        out[f"{name}_goemotions_test"] = metrics(softmax(z + prior), test)
+        out[f"{name}_goemotions_test_equal_prior"] = metrics(softmax(z), test)
+    print(json.dumps(out, indent=2))
 
 
 if __name__ == "__main__":
