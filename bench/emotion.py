@@ -238,6 +238,7 @@ def run(
         f" {meta.get('cross_domain')}.",
         f"Model load: +{rss_model - rss_start:.0f} MB resident.",
         "",
+        *_minilm_comparison(),
     ]
     ge = goemotions_test(data_dir)
     ko = kote_test(data_dir)
@@ -254,6 +255,33 @@ def run(
         lines += _pipeline_cost(fixtures, model)
     lines += _voice_section(model)
     return "\n".join(lines)
+
+
+def _minilm_comparison() -> list[str]:
+    """MiniLM against e5 on the same English rows (scripts/train_emotion.py --compare-minilm)."""
+    import json
+    from importlib import resources
+
+    sidecar = resources.files("voxtrace").joinpath("assets", "emotion_e5_head.json")
+    found = json.loads(sidecar.read_text(encoding="utf-8")).get("minilm_comparison")
+    if not found:
+        return []
+    cells = []
+    for encoder in ("minilm", "e5"):
+        for prior in ("", "_equal_prior"):
+            m = found[f"{encoder}_goemotions_test{prior}"]
+            label = "equal priors" if prior else "conversational prior"
+            cells.append(
+                f"{encoder} ({label}): accuracy {m['accuracy']:.3f}, macro-F1 {m['macro_f1']:.3f},"
+                f" ECE {m['ece']:.3f}"
+            )
+    rows = found["rows"]
+    return [
+        "English encoder check, the same head recipe on the same rows (train"
+        f" {rows['train']}, dev {rows['dev']}, GoEmotions test {rows['test']};"
+        " `scripts/train_emotion.py --compare-minilm`): " + "; ".join(cells) + ".",
+        "",
+    ]
 
 
 def _backchannels(model: EmotionModel) -> list[str]:

@@ -592,9 +592,10 @@ def main() -> None:
 
 def compare_minilm(
     cache: Path, train: Corpus, dev: Corpus, test: Corpus, chatter: Corpus, cfg: HeadConfig
-) -> None:
+) -> dict[str, object]:
     """The same recipe on all-MiniLM-L6-v2 and on e5, English only, on the same rows
-    (the first COMPARE_ROWS of each split: MiniLM embeddings cost time too)."""
+    (the first COMPARE_ROWS of each split: MiniLM embeddings cost time too). The result
+    also goes into the head's JSON sidecar, where bench/emotion.py reads it."""
     from voxtrace.models.emotion import find_minilm_dir
     from voxtrace.models.text_encoder import E5Encoder, MiniLMEncoder
 
@@ -618,6 +619,7 @@ def compare_minilm(
         out[f"{name}_goemotions_test"] = metrics(softmax(z + prior), test)
         out[f"{name}_goemotions_test_equal_prior"] = metrics(softmax(z), test)
     print(json.dumps(out, indent=2))
+    return out
 
 
 if __name__ == "__main__":
