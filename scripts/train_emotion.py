@@ -491,9 +491,11 @@ def main() -> None:
         train = stratified(read_goemotions(args.data, "train"), 9000, 1800, rng)
         dev = stratified(read_goemotions(args.data, "dev"), 2100, 400, rng)
         cfg = HeadConfig(**saved["config"])
-        compare_minilm(
-            args.cache, train, dev, goemotions_test(args.data), backchannel_corpus(), cfg
+        test = goemotions_test(args.data)
+        saved["minilm_comparison"] = compare_minilm(
+            args.cache, train, dev, test, backchannel_corpus(), cfg
         )
+        args.out.with_suffix(".json").write_text(json.dumps(saved, indent=2) + "\n")
         return
 
     e5 = EmbeddingCache(args.cache, "e5", E5Encoder().encode)
