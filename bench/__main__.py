@@ -22,7 +22,7 @@ def main(argv: list[str]) -> int:
     sections = [
         pipeline.run(fixtures),
         diarization.run(fixtures / "diarization", long_minutes=60.0),
-        emotion.run(),
+        emotion.run(fixtures / "emotion", fixtures),
         api.run(),
         media.run(),
     ]

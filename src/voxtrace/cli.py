@@ -199,10 +199,21 @@ def cmd_job(args: argparse.Namespace) -> int:
 
 
 def cmd_emotion(args: argparse.Namespace) -> int:
-    from voxtrace.models.emotion import emotion_json_lines, load_emotion_model
+    from voxtrace.models.emotion import (
+        AUTO,
+        EmotionModel,
+        emotion_json_lines,
+        load_emotion_model,
+        normalise_language,
+    )
 
+    language = AUTO if args.language == AUTO else normalise_language(args.language)
+    if language != AUTO and not EmotionModel.covers(language):
+        print(f"voxtrace: no text emotion model for language {args.language!r}", file=sys.stderr)
+        return 2
     model = load_emotion_model()
-    for line in emotion_json_lines((raw.rstrip("\n") for raw in sys.stdin), model):
+    lines = (raw.rstrip("\n") for raw in sys.stdin)
+    for line in emotion_json_lines(lines, model, language):
         print(line, flush=True)
     return 0
 
@@ -255,6 +266,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_job)
 
     p = sub.add_parser("emotion", help="classify lines of text read from stdin")
+    p.add_argument(
+        "--language",
+        default="auto",
+        help='"auto" (default: each line\'s script decides), "en", "ko", or another '
+        "language code the encoder covers",
+    )
     p.set_defaults(func=cmd_emotion)
 
     p = sub.add_parser("setup", help="assemble the bundled models")
