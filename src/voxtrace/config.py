@@ -79,7 +79,8 @@ class Settings(BaseSettings):
     callback_path: str = "/api/v1/ml/ml-results"
     callback_allowlist: CommaList = ()
     callback_secret: SecretStr | None = None
-    callback_timeout_s: float = Field(10, gt=0)
+    callback_timeout_s: float = Field(10, gt=0)  # one attempt, all of it (not per read)
+    callback_concurrency: int = Field(4, ge=1, le=64)  # attempts at once per destination
     callback_retry_window_s: float = Field(3600, ge=0)
     callback_backoff_base_s: float = Field(1.0, gt=0)
     callback_backoff_cap_s: float = Field(300.0, gt=0)
