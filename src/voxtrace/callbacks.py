@@ -240,16 +240,14 @@ class CallbackDispatcher:
             while not stop_event.is_set():
                 try:
                     self._settle_finished()
-                    started = self._start_due(FETCH_LIMIT)
+                    if not self._start_due(FETCH_LIMIT):
+                        self._wait_for_outcome(poll_s)
                     outage.recovered()
                 except STORE_UNAVAILABLE as exc:
                     stop_event.wait(outage.failed(exc))
-                    continue
                 except Exception:
                     logger.exception("callback delivery pass failed")
-                    started = 0
-                if not started:
-                    self._wait_for_outcome(poll_s)
+                    stop_event.wait(poll_s)
         finally:
             self.close()
 

@@ -44,14 +44,15 @@ def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from voxtrace.api import create_app
+    from voxtrace.api.serving import DataDirLock, run_api
     from voxtrace.store import open_store
     from voxtrace.worker import Supervisor
 
     settings = _settings(args, host=args.host, port=args.port, workers=args.workers)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    lock = DataDirLock(settings.data_dir)
+    lock.acquire()  # before the store: a second server must not even take back jobs
     store = open_store(settings.store_location)
     supervisor = Supervisor(settings, store, log_level=args.log_level)
     supervisor.start()
@@ -59,17 +60,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "serving on http://%s:%d with %d worker(s)", settings.host, settings.port, settings.workers
     )
     try:
-        uvicorn.run(
-            create_app(settings, store),
-            host=settings.host,
-            port=settings.port,
-            log_level=args.log_level.lower(),
-            access_log=False,
-            timeout_graceful_shutdown=5,
-        )
+        run_api(create_app(settings, store), settings, args.log_level)
     finally:
         supervisor.stop()
         store.close()
+        lock.release()
     return 0
 
 

@@ -42,6 +42,14 @@ class Settings(BaseSettings):
     rate_limit_per_minute: int = Field(600, ge=1)
     rate_limit_burst: int = Field(100, ge=1)
     api_key: SecretStr | None = None  # off by default: the deployed backend sends none
+    # --- the HTTP edge: what one client may hold (see api/serving.py)
+    submit_max_body_bytes: int = Field(64 * 1024, ge=1024)  # ~300 B; max_body_bytes caps it
+    body_timeout_s: float = Field(30, gt=0)  # a request's whole body
+    header_timeout_s: float = Field(10, gt=0)  # a request's line and headers
+    keepalive_timeout_s: float = Field(5, gt=0)  # an idle kept-alive connection
+    max_connections: int = Field(1000, ge=16)  # open connections; 503 past it
+    max_pending_connections: int = Field(256, ge=8)  # waiting for headers; oldest closed
+    trusted_proxies: CommaList = ()  # addresses whose X-Forwarded-For is believed
 
     # --- jobs
     job_timeout_s: float = Field(30 * 60, gt=0)
@@ -95,7 +103,11 @@ class Settings(BaseSettings):
     model_dir: Path | None = None  # where assembled models live; default data_dir/models
 
     @field_validator(
-        "allow_http_hosts", "allow_download_hosts", "callback_allowlist", mode="before"
+        "allow_http_hosts",
+        "allow_download_hosts",
+        "callback_allowlist",
+        "trusted_proxies",
+        mode="before",
     )
     @classmethod
     def _split_commas(cls, value: object) -> object:

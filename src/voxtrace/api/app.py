@@ -10,7 +10,9 @@ import hmac
 import json
 import logging
 import math
+import os
 import time
+from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
@@ -35,6 +37,7 @@ from voxtrace.errors import (
     JobNotFound,
     RateLimited,
     RequestError,
+    StoreUnavailable,
     Unauthorized,
     VoxtraceError,
 )
@@ -46,6 +49,7 @@ __all__ = ["create_app"]
 
 log = logging.getLogger(__name__)
 
+SUBMIT_PATH = "/api/upload-video/process-video"
 DEFAULT_JOB_SECONDS = 60.0  # before any job has completed: a few minutes of video
 WORKER_STALE_S = 30.0
 
@@ -115,6 +119,26 @@ def _validation_message(exc: RequestValidationError) -> str:
     return "Invalid request body"
 
 
+class DataDirGuard:
+    """Notices the data dir being deleted or replaced under a running server (the
+    SQLite file and the jobs' work files live there): from then on the server is not
+    ready and refuses submissions, instead of writing into files nobody can see."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self._identity = self._stat()  # None: there was none at start; nothing to watch
+
+    def _stat(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.data_dir)
+        except OSError:
+            return None
+        return st.st_dev, st.st_ino
+
+    def ok(self) -> bool:
+        return self._identity is None or self._stat() == self._identity
+
+
 def get_store(request: Request) -> JobStore:
     store: JobStore = request.app.state.store
     return store
@@ -135,7 +159,13 @@ def create_app(settings: Settings, store: JobStore) -> FastAPI:
     app.state.settings = settings
     app.state.store = store
     limiter = TokenBucketLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodySizeLimit,
+        max_bytes=settings.max_body_bytes,
+        route_limits={SUBMIT_PATH: min(settings.submit_max_body_bytes, settings.max_body_bytes)},
+        body_timeout_s=settings.body_timeout_s,
+    )
+    data_dir = DataDirGuard(settings.data_dir)
 
     def rate_limit(request: Request) -> None:
         client = request.client.host if request.client else "unknown"
@@ -165,6 +195,8 @@ def create_app(settings: Settings, store: JobStore) -> FastAPI:
         if exc.retry_after_s is not None:
             headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
         job_id = exc.job_id or await _job_id_of(request)
+        if job_id is None and isinstance(exc, StoreUnavailable):  # GET /api/jobs/{job_id}
+            job_id = request.path_params.get("job_id")
         return _envelope(exc.http_status, exc.code, exc.message, job_id, **headers)
 
     @app.exception_handler(RequestValidationError)
@@ -188,7 +220,7 @@ def create_app(settings: Settings, store: JobStore) -> FastAPI:
 
     # ------------------------------------------------------------------ routes
     @app.post(
-        "/api/upload-video/process-video",
+        SUBMIT_PATH,
         response_model=ProcessVideoAccepted,
         responses=_ERRORS,
         dependencies=[Limited, Authorized],
@@ -214,6 +246,9 @@ def create_app(settings: Settings, store: JobStore) -> FastAPI:
             max_speakers=body.max_speakers,
         )
         try:
+            if not data_dir.ok():
+                log.error("the data dir %s is gone: refusing submissions", settings.data_dir)
+                raise StoreUnavailable()
             job, created = store.submit(
                 NewJob(body.job_id, body.video_url, base, options),
                 max_unfinished=settings.max_active_jobs,
@@ -221,7 +256,7 @@ def create_app(settings: Settings, store: JobStore) -> FastAPI:
             )
         except VoxtraceError as exc:
             exc.job_id = body.job_id
-            if exc.http_status == 503:
+            if exc.http_status == 503 and not isinstance(exc, StoreUnavailable):
                 exc.retry_after_s = _estimate_s(store, ahead=0)
             raise
         if created:
@@ -260,7 +295,7 @@ def create_app(settings: Settings, store: JobStore) -> FastAPI:
 
     @app.get("/health", response_model=HealthPublic, summary="Liveness and readiness")
     def health(store: Store) -> JSONResponse:
-        writable = store.check_writable()
+        writable = data_dir.ok() and store.check_writable()
         queue = _queue(store)
         # Ready means this node's own workers have their models: on a shared PostgreSQL
         # store the queue also lists other machines' workers, which say nothing about us.
