@@ -7,6 +7,7 @@ and talks to it over real sockets on 127.0.0.1.
 from __future__ import annotations
 
 import contextlib
+import logging
 import shutil
 import socket
 import sqlite3
@@ -18,6 +19,7 @@ from pathlib import Path
 import httpx
 
 from tests.helpers import SUBMIT, ServeProcess
+from voxtrace.api.serving import LogRateLimit
 
 VIDEO = "https://bucket.s3.ap-northeast-2.amazonaws.com/videos/u/talk.mp4"
 MB = 1024 * 1024
@@ -94,6 +96,38 @@ def test_an_idle_kept_alive_connection_is_closed(tmp_path: Path) -> None:
             _wait(lambda: _closed_by_peer(sock), 15, "kept-alive connection never closed")
         finally:
             sock.close()
+
+
+def test_a_kept_alive_connection_that_starts_a_request_and_stalls_is_closed(
+    tmp_path: Path,
+) -> None:
+    # The keep-alive timer stops at the first byte of the next request; the header
+    # deadline must take over, or one byte buys a connection for ever.
+    with serving(tmp_path, VOXTRACE_KEEPALIVE_TIMEOUT_S=60, VOXTRACE_HEADER_TIMEOUT_S=1) as srv:
+        sock = socket.create_connection(("127.0.0.1", srv.port))
+        try:
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert sock.recv(100).startswith(b"HTTP/1.1 200")
+            sock.sendall(b"GET /health HTTP/1.1\r\nHo")
+            _wait(lambda: _closed_by_peer(sock), 15, "a stalled second request kept its socket")
+        finally:
+            sock.close()
+
+
+def test_the_log_rate_limit_lets_a_few_through_then_counts_the_rest() -> None:
+    now = [0.0]
+    limit = LogRateLimit(burst=3, window_s=60.0, clock=lambda: now[0])
+
+    def record(msg: str) -> logging.LogRecord:
+        return logging.LogRecord("asyncio", logging.ERROR, __file__, 1, msg, None, None)
+
+    passed = [limit.filter(r) for r in (record("accept failed") for _ in range(10))]
+    assert passed == [True] * 3 + [False] * 7
+    assert limit.filter(record("another message"))  # counted per message template
+    now[0] = 61.0
+    later = record("accept failed")
+    assert limit.filter(later)
+    assert "[7 similar records left out]" in later.getMessage()
 
 
 # ------------------------------------------------------------------ large bodies

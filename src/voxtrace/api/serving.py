@@ -26,6 +26,7 @@ import logging
 import os
 import resource
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -176,15 +177,18 @@ class LogRateLimit(logging.Filter):
     how many were left out. For loggers a flood of connections can make repeat
     themselves (asyncio's accept errors, uvicorn's invalid requests)."""
 
-    def __init__(self, burst: int = 5, window_s: float = 60.0) -> None:
+    def __init__(
+        self, burst: int = 5, window_s: float = 60.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         super().__init__()
         self._burst = burst
         self._window_s = window_s
+        self._clock = clock
         self._seen: dict[tuple[str, str], tuple[float, int, int]] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
         key = (record.name, str(record.msg))
-        now = time.monotonic()
+        now = self._clock()
         start, count, dropped = self._seen.get(key, (now, 0, 0))
         if now - start >= self._window_s:
             if dropped:
