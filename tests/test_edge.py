@@ -256,6 +256,7 @@ def test_a_deleted_data_dir_is_noticed(tmp_path: Path) -> None:
         health = httpx.get(f"{srv.url}/health", timeout=10)
         assert health.status_code == 503
         assert health.json()["ready"] is False
+        assert health.json()["checks"]["data_dir_present"] is False
         r = srv.submit("into-the-void", VIDEO)
         assert r.status_code == 503
         assert r.json()["error"] == {

@@ -295,7 +295,8 @@ def create_app(settings: Settings, store: JobStore) -> FastAPI:
 
     @app.get("/health", response_model=HealthPublic, summary="Liveness and readiness")
     def health(store: Store) -> JSONResponse:
-        writable = data_dir.ok() and store.check_writable()
+        present = data_dir.ok()
+        writable = present and store.check_writable()
         queue = _queue(store)
         # Ready means this node's own workers have their models: on a shared PostgreSQL
         # store the queue also lists other machines' workers, which say nothing about us.
@@ -304,6 +305,7 @@ def create_app(settings: Settings, store: JobStore) -> FastAPI:
             for w in queue.workers
         )
         checks = {
+            "data_dir_present": present,
             "store_writable": writable,
             "workers_alive": workers_ok,
             "models_loaded": workers_ok,

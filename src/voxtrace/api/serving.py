@@ -30,7 +30,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-import h11
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
@@ -83,8 +82,10 @@ class GuardedH11Protocol(H11Protocol):
         if self.transport.is_closing():
             return
         self._check_started()
-        if self.cycle is self._seen_cycle and self.conn.their_state is h11.IDLE:
-            self._await_headers()  # a kept-alive connection: the next request's deadline
+        if self.cycle is self._seen_cycle:
+            # Kept alive: the next request (and the rest of an unread body before it) has
+            # its own deadline; uvicorn's keep-alive timer stops at the first byte.
+            self._await_headers()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._headers_arrived()
