@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 
 from tests.helpers import SUBMIT, ServeProcess
-from voxtrace.api.serving import LogRateLimit
+from voxtrace.logs import LogRateLimit
 
 VIDEO = "https://bucket.s3.ap-northeast-2.amazonaws.com/videos/u/talk.mp4"
 MB = 1024 * 1024
@@ -283,6 +283,9 @@ def test_a_store_that_stays_locked_answers_503_with_the_job_id(tmp_path: Path) -
         assert r.json()["error"]["code"] == "INSUFFICIENT_RESOURCES"
         assert "Retry-After" in r.headers
         assert srv.submit("locked-out", VIDEO).status_code == 200  # and it went nowhere
+        said = srv.log_tail(100_000)
+        assert "answered 503: job store unavailable (database is locked)" in said, said
+        assert "Traceback" not in said  # an outage is an operating condition, not a bug
 
 
 def test_an_unexpected_error_is_logged_once_and_redacted(tmp_path: Path) -> None:

@@ -41,13 +41,16 @@ from voxtrace.errors import (
     Unauthorized,
     VoxtraceError,
 )
-from voxtrace.logs import redact_url
+from voxtrace.logs import LogRateLimit, redact_url
 from voxtrace.netpolicy import host_matches
 from voxtrace.store.base import JobStore
 
 __all__ = ["create_app"]
 
 log = logging.getLogger(__name__)
+# Store outages seen by the API: worth a warning, not one per request of a burst.
+outage_log = logging.getLogger(f"{__name__}.outage")
+outage_log.addFilter(LogRateLimit(burst=3, window_s=60.0))
 
 SUBMIT_PATH = "/api/upload-video/process-video"
 DEFAULT_JOB_SECONDS = 60.0  # before any job has completed: a few minutes of video
@@ -191,6 +194,13 @@ def create_app(settings: Settings, store: JobStore) -> FastAPI:
     # ------------------------------------------------------------------ errors
     @app.exception_handler(VoxtraceError)
     async def _voxtrace_error(request: Request, exc: VoxtraceError) -> JSONResponse:
+        if isinstance(exc, StoreUnavailable):
+            outage_log.warning(
+                "%s %s answered 503: job store unavailable (%s)",
+                request.method,
+                request.url.path,
+                exc.__cause__ or exc.message,
+            )
         headers: dict[str, str] = {}
         if exc.retry_after_s is not None:
             headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
@@ -247,8 +257,8 @@ def create_app(settings: Settings, store: JobStore) -> FastAPI:
         )
         try:
             if not data_dir.ok():
-                log.error("the data dir %s is gone: refusing submissions", settings.data_dir)
-                raise StoreUnavailable()
+                gone = FileNotFoundError(f"the data dir {settings.data_dir} is gone or replaced")
+                raise StoreUnavailable() from gone
             job, created = store.submit(
                 NewJob(body.job_id, body.video_url, base, options),
                 max_unfinished=settings.max_active_jobs,
