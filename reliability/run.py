@@ -32,8 +32,8 @@ from types import ModuleType
 from typing import Any
 
 import httpx
-from tests.helpers import SECRET, GatedFileServer, Server, free_port
-from tests.hostile_servers import HostileServer
+from tests.helpers import SECRET, GatedFileServer, ServeProcess, Server, free_port
+from tests.hostile_servers import HostileBackend, HostileServer
 
 from reliability.scenarios import (
     FAILOVER_MOMENTS,
@@ -48,7 +48,10 @@ from reliability.scenarios import (
     Rig,
     Tmpfs,
     backend_fault,
+    big_bodies,
+    connection_flood,
     failover,
+    hostile_callback,
     kill_after,
     kill_during,
     kill_during_callback,
@@ -738,6 +741,99 @@ def section_soak(ctx: Context) -> str:
     return run_soak(models_dir=ctx.whisper_models)
 
 
+# ------------------------------------------------------------------------- edge
+
+
+def section_edge(ctx: Context) -> str:
+    """Hostile peers at the HTTP edge: callback endpoints that trickle or answer 200 MB,
+    a flood of unfinished connections, many big bodies at once."""
+    kinds = ("trickle-body", "trickle-head", "huge")
+    root = ctx.scratch("edge-files")
+    (root / "silence.mp4").write_bytes((DATA / "silence.mp4").read_bytes())
+    callbacks = []
+    with (
+        _files(root) as files,
+        _backend() as (receiver, thread),
+        HostileBackend(interval_s=5.0) as hostile,
+    ):
+        env = {
+            "VOXTRACE_SEND_PROGRESS": "false",
+            "VOXTRACE_CALLBACK_TIMEOUT_S": "10",
+            "VOXTRACE_CALLBACK_RETRY_WINDOW_S": "30",
+            "VOXTRACE_CALLBACK_ALLOWLIST": ",".join(f"{hostile.url}/{k}" for k in kinds),
+        }
+        data_dir = ctx.scratch("edge-serve")
+        with _server(data_dir, thread.url, ctx.whisper_models, **env) as srv:
+            rig = Rig(srv, files, receiver, data_dir)
+            for _ in range(ctx.backend_reps):
+                for kind in kinds:
+                    outcome = hostile_callback(
+                        rig, files.url("file", "silence.mp4"), hostile.url, kind
+                    )
+                    ctx.log(f"edge: {outcome}")
+                    callbacks.append(outcome)
+    floods = []
+    bodies = []
+    for _ in range(ctx.backend_reps):
+        with ServeProcess(ctx.scratch("edge-flood"), **POLLING_ENV) as api:
+            floods.append(connection_flood(api, 2000))
+            ctx.log(f"edge: {floods[-1]}")
+            bodies.append(big_bodies(api, 8, 49))
+            ctx.log(f"edge: {bodies[-1]}")
+    lines = [
+        "## Hostile peers at the HTTP edge",
+        "",
+        "Callbacks: `voxtrace serve` with one worker; a job whose callback endpoint (an "
+        "allowlisted `fastapi_base_url`) misbehaves, then a job for the healthy backend. "
+        "`trickle-body`: 200, then one body byte every 5 s; `trickle-head`: the status line, "
+        "then one header byte every 5 s (never idle for the 10-s timeout); `huge`: a 200 "
+        "whose body is 200 MB. Attempt deadline 10 s (`VOXTRACE_CALLBACK_TIMEOUT_S`), retry "
+        "window 30 s, progress callbacks off.",
+        "",
+        "| endpoint | healthy job's callback | submit → healthy callback | hostile callback "
+        "| attempts | last_error | serve peak RSS growth |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for o in callbacks:
+        lines.append(
+            f"| {o.kind} | {o.healthy_status} | {o.healthy_s:.1f} s | {o.hostile_state} "
+            f"| {o.hostile_attempts} | {o.hostile_error or '-'} | {o.serve_rss_growth_mb:.1f} MB |"
+        )
+    lines += [
+        "",
+        "Connection flood: `voxtrace serve` (API only, defaults: header timeout 10 s, at most "
+        "256 connections waiting for headers, oldest closed first); 2,000 connections, half "
+        "sending a partial request line and headers, half nothing; then `/health` and a "
+        "submit from a normal client.",
+        "",
+        "| connections | /health | /health latency | submit | serve fds during "
+        "| closed by the server | all closed after | tracebacks in log |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for f in floods:
+        lines.append(
+            f"| {f.connections} | {f.health_status} | {f.health_s * 1000:.0f} ms "
+            f"| {f.submit_status} | {f.serve_fds_during} | {f.closed_by_server} "
+            f"| {f.closed_s:.1f} s | {f.log_tracebacks} |"
+        )
+    lines += [
+        "",
+        "Big bodies: eight 49-MB submit bodies at once (four with Content-Length, four "
+        "chunked) against the 64-KiB submit limit (`VOXTRACE_SUBMIT_MAX_BODY_BYTES`).",
+        "",
+        "| bodies | answers | serve RSS before | serve peak RSS | /health after |",
+        "|---|---|---|---|---|",
+    ]
+    for b in bodies:
+        answers = ", ".join(f"{b.statuses.count(s)}× `{s}`" for s in sorted(set(b.statuses)))
+        lines.append(
+            f"| {b.bodies} × {b.body_mb} MB | {answers} | {b.rss_before_mb:.0f} MB "
+            f"| {b.rss_peak_mb:.0f} MB | {b.health_s * 1000:.0f} ms |"
+        )
+    lines.append("")
+    return "\n".join(lines)
+
+
 SECTIONS: dict[str, Callable[[Context], str]] = {
     "kills": section_kills,
     "hostile": section_hostile,
@@ -746,6 +842,7 @@ SECTIONS: dict[str, Callable[[Context], str]] = {
     "disk": section_disk,
     "machines": section_machines,
     "burst": section_burst,
+    "edge": section_edge,
     "load": section_load,
     "soak": section_soak,
 }

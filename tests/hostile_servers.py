@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Flapping", "HostileServer"]
+__all__ = ["Flapping", "HostileBackend", "HostileServer"]
 
 _CHUNK = 1 << 14
 
@@ -234,3 +234,109 @@ class Flapping(list[int]):
         with self._lock:
             self.served += 1
             return self.status if self.served % 2 == 1 else None
+
+
+class _BackendHandler(http.server.BaseHTTPRequestHandler):
+    server: _BackendHttpd
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        owner = self.server.owner
+        length = int(self.headers.get("Content-Length", "0"))
+        body = self.rfile.read(length)
+        kind = self.path.lstrip("/").split("/", 1)[0]
+        with owner.lock:
+            owner.received.append((kind, self.headers.get("Idempotency-Key", ""), body))
+        try:
+            if kind == "trickle-body":  # 200 at once, then the body a byte at a time
+                self.send_response(200)
+                self.send_header("Content-Length", "1000000")
+                self.end_headers()
+                while not owner.stopping.wait(owner.interval_s):
+                    self.wfile.write(b" ")
+                    self.wfile.flush()
+            elif kind == "trickle-head":  # the status line, then headers a byte at a time
+                self.wfile.write(b"HTTP/1.1 200 OK\r\n")
+                self.wfile.flush()
+                while not owner.stopping.wait(owner.interval_s):
+                    self.wfile.write(b"X")
+                    self.wfile.flush()
+            elif kind == "huge":  # a 200 whose body is `huge_bytes` long, sent fast
+                self.send_response(200)
+                self.send_header("Content-Length", str(owner.huge_bytes))
+                self.end_headers()
+                block = b"x" * (1 << 20)
+                left = owner.huge_bytes
+                while left > 0 and not owner.stopping.is_set():
+                    self.wfile.write(block[: min(left, len(block))])
+                    left -= len(block)
+            elif kind == "redirect":  # 307 to the rest of the path, on this server
+                target = self.path[len("/redirect/") :]
+                self.send_response(int(owner.redirect_status))
+                self.send_header("Location", target if target.startswith("http") else "/" + target)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+            else:  # healthy: a short JSON answer
+                reply = b'{"status":"received"}'
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True  # the dispatcher cut the attempt: the point
+        self.close_connection = True
+
+
+class _BackendHttpd(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    owner: HostileBackend
+
+
+class HostileBackend:
+    """A real callback receiver that misbehaves by path (its first path segment):
+
+        /trickle-body/...   answers 200, then its body one byte every `interval_s`
+        /trickle-head/...   sends the status line, then one header byte every `interval_s`
+        /huge/...           answers 200 with a `huge_bytes` body at full speed
+        /redirect/REST      answers `redirect_status` (307) with Location: /REST (or REST
+                            itself when it is an absolute http URL)
+        anything else       200 {"status": "received"}
+
+    Each request is recorded in `received` as (first segment, Idempotency-Key, body).
+    """
+
+    def __init__(self, interval_s: float = 0.5, huge_bytes: int = 200 * 1024 * 1024) -> None:
+        self.interval_s = interval_s
+        self.huge_bytes = huge_bytes
+        self.redirect_status = 307
+        self.stopping = threading.Event()
+        self.lock = threading.Lock()
+        self.received: list[tuple[str, str, bytes]] = []
+        self.httpd = _BackendHttpd(("127.0.0.1", 0), _BackendHandler)
+        self.httpd.owner = self
+        self.port = int(self.httpd.server_address[1])
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def start(self) -> HostileBackend:
+        self._thread.start()
+        return self
+
+    def kinds(self) -> list[str]:
+        with self.lock:
+            return [kind for kind, _, _ in self.received]
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def __enter__(self) -> HostileBackend:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()

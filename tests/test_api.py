@@ -332,11 +332,27 @@ def test_health_is_ready_only_once_this_nodes_own_workers_have_their_models(
 def test_unexpected_errors_are_generic_500s(tmp_path: Path) -> None:
     server, store, _ = make_server(tmp_path)
     store.close()
-    (tmp_path / "jobs.db").unlink()
-    (tmp_path / "jobs.db").mkdir()  # the store can no longer open its file
+    for leftover in tmp_path.glob("jobs.db*"):
+        leftover.unlink()
+    (tmp_path / "jobs.db").write_bytes(b"not a database " * 100)  # corrupt: a bug, not I/O
     try:
         r = httpx.get(f"{server.url}/api/jobs/anything")
         assert_envelope(r, 500, "INTERNAL_ERROR")
+    finally:
+        server.stop()
+
+
+def test_a_store_that_cannot_open_its_file_answers_503_with_the_job_id(tmp_path: Path) -> None:
+    server, store, _ = make_server(tmp_path)
+    store.close()
+    (tmp_path / "jobs.db").unlink()
+    (tmp_path / "jobs.db").mkdir()  # the store can no longer open its file
+    try:
+        r = httpx.post(f"{server.url}{SUBMIT}", json={"job_id": "j-503", "video_url": VIDEO})
+        assert_envelope(r, 503, "INSUFFICIENT_RESOURCES", job_id="j-503")
+        assert int(r.headers["Retry-After"]) >= 1
+        r = httpx.get(f"{server.url}/api/jobs/anything")
+        assert_envelope(r, 503, "INSUFFICIENT_RESOURCES", job_id="anything")
     finally:
         server.stop()
 

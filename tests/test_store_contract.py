@@ -5,6 +5,7 @@ Each test names the invariant of `voxtrace.store.base` it holds the store to.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import multiprocessing
@@ -920,7 +921,7 @@ def test_postgres_an_unreachable_store_never_logs_its_password(
     from voxtrace.store.postgres import PostgresJobStore
 
     url = "postgresql://voxtrace:hunter2-secret@127.0.0.1:1/jobs?connect_timeout=2"
-    with pytest.raises(errors.CapacityExceeded) as raised:
+    with pytest.raises(errors.StoreUnavailable) as raised:
         PostgresJobStore(url)
     assert raised.value.message == "Job store unavailable; retry later"
     assert "hunter2" not in str(raised.value)
@@ -935,7 +936,7 @@ def test_postgres_a_read_only_store_reads_but_is_not_writable(pg_schema: str) ->
     store = _pg_store(pg_schema, "default_transaction_read_only=on")
     assert store.get("a") is None
     assert not store.check_writable()
-    with pytest.raises(errors.CapacityExceeded):
+    with pytest.raises(errors.StoreUnavailable):
         store.submit(new_job("a"), max_unfinished=10, now=1.0)
     store.close()
 
@@ -997,7 +998,7 @@ def test_postgres_a_statement_stuck_behind_a_lock_is_cut_off(
     job_id, attempt = claim(store)
     other = _holding(pg_schema, "SELECT 1 FROM voxtrace_jobs WHERE job_id = 'a' FOR UPDATE")
     started = time.monotonic()
-    with pytest.raises(errors.CapacityExceeded, match="Job store unavailable"):
+    with pytest.raises(errors.StoreUnavailable, match="Job store unavailable"):
         store.heartbeat(job_id, "w1", attempt, LEASE_S, now=11.0)
     assert 0.3 < time.monotonic() - started < 5
     assert "QueryCanceled" in caplog.text
@@ -1015,7 +1016,7 @@ def test_postgres_submit_waits_for_its_lock_only_so_long(pg_schema: str) -> None
     store = _pg_store(pg_schema, "lock_timeout=300")
     other = _holding(pg_schema, f"SELECT pg_advisory_xact_lock({store._submit_key})")
     started = time.monotonic()
-    with pytest.raises(errors.CapacityExceeded, match="Job store unavailable"):
+    with pytest.raises(errors.StoreUnavailable, match="Job store unavailable"):
         submit(store, "a")
     assert time.monotonic() - started < 5
     other.rollback()
@@ -1031,7 +1032,7 @@ def test_postgres_a_dispatcher_keeps_its_lock_through_a_timed_out_poll(pg_schema
     _finished_job(first, "a")
     (item,) = first.due_callbacks(now=100.0, limit=10)
     other = _holding(pg_schema, "LOCK TABLE voxtrace_outbox IN ACCESS EXCLUSIVE MODE")
-    with pytest.raises(errors.CapacityExceeded):
+    with pytest.raises(errors.StoreUnavailable):
         first.due_callbacks(now=100.0, limit=10)
     assert second.due_callbacks(now=100.0, limit=10) == []  # no hand-over: first still delivers
     other.rollback()
@@ -1119,3 +1120,85 @@ def test_sqlite_closes_connections_of_finished_threads(tmp_path: Path) -> None:
     store.get("again")  # a new connection prunes those of finished threads
     assert open_fds() - before <= 4
     store.close()
+
+
+# ------------------------------------------------------------------------ outages
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
+def breakable(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[JobStore, Any]]:
+    """A store and a way to make it unwritable for real, each backend its own way:
+    memory its outage switch, SQLite another connection holding the write lock past a
+    short busy timeout, PostgreSQL a session holding its tables locked past a short
+    lock_timeout."""
+    impl: JobStore
+    if request.param == "memory":
+        memory = MemoryJobStore()
+
+        @contextlib.contextmanager
+        def broken() -> Iterator[None]:
+            memory.outage = True
+            yield
+            memory.outage = False
+
+        impl = memory
+    elif request.param == "sqlite":
+        path = tmp_path / "jobs.db"
+        impl = SqliteJobStore(path, busy_timeout_s=0.2)
+
+        @contextlib.contextmanager
+        def broken() -> Iterator[None]:
+            other = sqlite3.connect(path, isolation_level=None)
+            other.execute("BEGIN EXCLUSIVE")
+            yield
+            other.execute("COMMIT")
+            other.close()
+
+    else:
+        schema = request.getfixturevalue("pg_schema")
+        impl = _pg_store(schema, "lock_timeout=200")
+
+        @contextlib.contextmanager
+        def broken() -> Iterator[None]:
+            other = _holding(
+                schema, "LOCK TABLE voxtrace_jobs, voxtrace_meta IN ACCESS EXCLUSIVE MODE"
+            )
+            yield
+            other.rollback()
+            other.close()
+
+    yield impl, broken
+    impl.close()
+
+
+def test_an_unwritable_store_raises_store_unavailable_and_writes_nothing(
+    breakable: tuple[JobStore, Any],
+) -> None:
+    store, broken = breakable
+    submit(store, "before")
+    with broken():
+        with pytest.raises(errors.StoreUnavailable) as raised:
+            store.submit(new_job("during"), max_unfinished=100, now=2.0)
+        assert not store.check_writable()
+    error = raised.value
+    assert (error.code, error.http_status, error.retryable) == ("INSUFFICIENT_RESOURCES", 503, True)
+    assert error.retry_after_s and error.retry_after_s > 0  # the API sends it as Retry-After
+    assert "database" not in error.message.lower()  # generic: no backend text for clients
+    assert store.get("during") is None
+    submit(store, "after", now=3.0)  # back as soon as the outage ends
+    assert store.check_writable()
+    assert {store.get(j) is not None for j in ("before", "after")} == {True}
+
+
+def test_a_worker_write_during_an_outage_is_store_unavailable_and_changes_nothing(
+    breakable: tuple[JobStore, Any],
+) -> None:
+    store, broken = breakable
+    submit(store, "j")
+    job_id, attempt = claim(store)
+    with broken(), pytest.raises(errors.StoreUnavailable):
+        complete(store, job_id, attempt)
+    stored = store.get(job_id)
+    assert stored is not None and stored.status is JobStatus.PROCESSING
+    assert store.callback_log(job_id) == []
+    assert complete(store, job_id, attempt)  # the same write, retried after the outage

@@ -60,14 +60,15 @@ def _count_across_processes(settings: Settings) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from voxtrace.api import create_app
+    from voxtrace.api.serving import DataDirLock, run_api
     from voxtrace.store import open_store
     from voxtrace.worker import Supervisor
 
     settings = _settings(args, host=args.host, port=args.port, workers=args.workers)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    lock = DataDirLock(settings.data_dir)
+    lock.acquire()  # before the store: a second server must not even take back jobs
     _count_across_processes(settings)
     store = open_store(settings.store_location)
     supervisor = Supervisor(settings, store, log_level=args.log_level)
@@ -79,18 +80,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         settings.worker_processes,
     )
     try:
-        uvicorn.run(
-            create_app(settings, store),
-            host=settings.host,
-            port=settings.port,
-            log_level=args.log_level.lower(),
-            access_log=False,
-            log_config=None,  # uvicorn's lines go through our handler: format, redaction
-            timeout_graceful_shutdown=5,
-        )
+        run_api(create_app(settings, store), settings, args.log_level)
     finally:
         supervisor.stop()
         store.close()
+        lock.release()
     return 0
 
 

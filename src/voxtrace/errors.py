@@ -8,6 +8,7 @@
     ├── Unauthorized                  UNAUTHORIZED      401
     ├── JobNotFound                   JOB_NOT_FOUND     404
     ├── CapacityExceeded              INSUFFICIENT_RESOURCES 503
+    ├── StoreUnavailable              INSUFFICIENT_RESOURCES 503  yes (Retry-After)
     └── JobError        (a job's terminal failure, sent in the `failed` callback)
         ├── DownloadError             DOWNLOAD_ERROR
         ├── AudioExtractionError      AUDIO_EXTRACTION_ERROR
@@ -40,6 +41,7 @@ __all__ = [
     "ProcessingTimeout",
     "RateLimited",
     "RequestError",
+    "StoreUnavailable",
     "TranscriptionError",
     "Unauthorized",
     "VoxtraceError",
@@ -108,6 +110,31 @@ class CapacityExceeded(VoxtraceError):
     code = "INSUFFICIENT_RESOURCES"
     http_status = 503
     default_message = "Too many unfinished jobs; retry later"
+
+
+class StoreUnavailable(VoxtraceError):
+    """The job store cannot be reached or written (a full disk, a locked or deleted
+    SQLite file, PostgreSQL down or timing out): nothing was written, asking again later
+    may work. Raised by each store backend where its I/O fails."""
+
+    code = "INSUFFICIENT_RESOURCES"
+    http_status = 503
+    retryable = True
+    default_message = "Job store unavailable; retry later"
+    default_retry_after_s = 5.0
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        job_id: str | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
+        super().__init__(
+            message,
+            job_id=job_id,
+            retry_after_s=self.default_retry_after_s if retry_after_s is None else retry_after_s,
+        )
 
 
 class JobError(VoxtraceError):

@@ -51,7 +51,7 @@ from typing import Any, TypeVar
 import httpx
 
 from voxtrace import metrics
-from voxtrace.callbacks import CallbackDispatcher
+from voxtrace.callbacks import CallbackDispatcher, new_callback_client
 from voxtrace.config import Settings
 from voxtrace.domain import Job
 from voxtrace.errors import InsufficientResources, ProcessingTimeout, classify_exception
@@ -534,9 +534,7 @@ class Supervisor:
             self._spawn(slot)
         self._threads.append(threading.Thread(target=self._monitor, name="supervisor", daemon=True))
         if dispatch_callbacks:
-            self._http = httpx.Client(
-                timeout=self.settings.callback_timeout_s, follow_redirects=False
-            )
+            self._http = new_callback_client()
             dispatcher = CallbackDispatcher(
                 self.store,
                 self._http,
@@ -550,6 +548,11 @@ class Supervisor:
                 timeout_s=self.settings.callback_timeout_s,
                 backoff_base_s=self.settings.callback_backoff_base_s,
                 backoff_cap_s=self.settings.callback_backoff_cap_s,
+                per_destination=self.settings.callback_concurrency,
+                redirect_destinations=(
+                    self.settings.backend_url,
+                    *self.settings.callback_allowlist,
+                ),
             )
             self._threads.append(
                 threading.Thread(

@@ -10,7 +10,9 @@ import hmac
 import json
 import logging
 import math
+import os
 import time
+from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
@@ -36,16 +38,22 @@ from voxtrace.errors import (
     JobNotFound,
     RateLimited,
     RequestError,
+    StoreUnavailable,
     Unauthorized,
     VoxtraceError,
 )
-from voxtrace.logs import redact_url
+from voxtrace.logs import LogRateLimit, redact_url
 from voxtrace.netpolicy import host_matches
 from voxtrace.store.base import JobStore
 
 __all__ = ["create_app"]
 
 log = logging.getLogger(__name__)
+# Store outages seen by the API: worth a warning, not one per request of a burst.
+outage_log = logging.getLogger(f"{__name__}.outage")
+outage_log.addFilter(LogRateLimit(burst=3, window_s=60.0))
+
+SUBMIT_PATH = "/api/upload-video/process-video"
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorEnvelope},
@@ -113,6 +121,26 @@ def _validation_message(exc: RequestValidationError) -> str:
     return "Invalid request body"
 
 
+class DataDirGuard:
+    """Notices the data dir being deleted or replaced under a running server (the
+    SQLite file and the jobs' work files live there): from then on the server is not
+    ready and refuses submissions, instead of writing into files nobody can see."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self._identity = self._stat()  # None: there was none at start; nothing to watch
+
+    def _stat(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.data_dir)
+        except OSError:
+            return None
+        return st.st_dev, st.st_ino
+
+    def ok(self) -> bool:
+        return self._identity is None or self._stat() == self._identity
+
+
 def get_store(request: Request) -> JobStore:
     store: JobStore = request.app.state.store
     return store
@@ -133,7 +161,13 @@ def create_app(settings: Settings, store: JobStore) -> FastAPI:
     app.state.settings = settings
     app.state.store = store
     limiter = TokenBucketLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodySizeLimit,
+        max_bytes=settings.max_body_bytes,
+        route_limits={SUBMIT_PATH: min(settings.submit_max_body_bytes, settings.max_body_bytes)},
+        body_timeout_s=settings.body_timeout_s,
+    )
+    data_dir = DataDirGuard(settings.data_dir)
 
     def rate_limit(request: Request) -> None:
         client = request.client.host if request.client else "unknown"
@@ -163,10 +197,19 @@ def create_app(settings: Settings, store: JobStore) -> FastAPI:
     # ------------------------------------------------------------------ errors
     @app.exception_handler(VoxtraceError)
     async def _voxtrace_error(request: Request, exc: VoxtraceError) -> JSONResponse:
+        if isinstance(exc, StoreUnavailable):
+            outage_log.warning(
+                "%s %s answered 503: job store unavailable (%s)",
+                request.method,
+                request.url.path,
+                exc.__cause__ or exc.message,
+            )
         headers: dict[str, str] = {}
         if exc.retry_after_s is not None:
             headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
         job_id = exc.job_id or await _job_id_of(request)
+        if job_id is None and isinstance(exc, StoreUnavailable):  # GET /api/jobs/{job_id}
+            job_id = request.path_params.get("job_id")
         return _envelope(exc.http_status, exc.code, exc.message, job_id, **headers)
 
     @app.exception_handler(RequestValidationError)
@@ -190,7 +233,7 @@ def create_app(settings: Settings, store: JobStore) -> FastAPI:
 
     # ------------------------------------------------------------------ routes
     @app.post(
-        "/api/upload-video/process-video",
+        SUBMIT_PATH,
         response_model=ProcessVideoAccepted,
         responses=_ERRORS,
         dependencies=[Limited, Authorized],
@@ -216,6 +259,9 @@ def create_app(settings: Settings, store: JobStore) -> FastAPI:
             max_speakers=body.max_speakers,
         )
         try:
+            if not data_dir.ok():
+                gone = FileNotFoundError(f"the data dir {settings.data_dir} is gone or replaced")
+                raise StoreUnavailable() from gone
             existing = store.get(body.job_id)
             if existing is None:  # a resubmission is answered even on a full disk
                 admission.check_disk_floor(settings)
@@ -275,7 +321,8 @@ def create_app(settings: Settings, store: JobStore) -> FastAPI:
 
     @app.get("/health", response_model=HealthPublic, summary="Liveness and readiness")
     def health(request: Request, store: Store) -> JSONResponse:
-        writable = store.check_writable()
+        present = data_dir.ok()
+        writable = present and store.check_writable()
         queue = _queue(store, show_jobs=has_api_key(request))
         # Ready means this node's own workers have their models: on a shared PostgreSQL
         # store the queue also lists other machines' workers, which say nothing about us.
@@ -284,6 +331,7 @@ def create_app(settings: Settings, store: JobStore) -> FastAPI:
             for w in queue.workers
         )
         checks = {
+            "data_dir_present": present,
             "store_writable": writable,
             "workers_alive": workers_ok,
             "models_loaded": workers_ok,
