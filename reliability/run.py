@@ -19,6 +19,7 @@ import platform
 import random
 import shlex
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -40,20 +41,25 @@ from reliability.scenarios import (
     FailoverOutcome,
     FailoverRig,
     KillOutcome,
+    NeighbourOutcome,
     PolicyOutcome,
     Rig,
     Tmpfs,
     backend_fault,
+    big_bodies,
+    connection_flood,
     failover,
+    hostile_callback,
     kill_after,
     kill_during,
     kill_during_callback,
     models_dir,
+    neighbour_playlist,
     signature,
     terminal_calls,
 )
-from testing.helpers import SECRET, GatedFileServer, Server, free_port
-from testing.hostile_servers import HostileServer
+from testing.helpers import SECRET, GatedFileServer, ServeProcess, Server, free_port
+from testing.hostile_servers import HostileBackend, HostileServer
 from voxtrace.devbackend import DevBackend, ServerThread
 
 DATA = ROOT / "tests" / "data"
@@ -231,29 +237,21 @@ def section_hostile(ctx: Context) -> str:
         ("short", "speech.wav", "DOWNLOAD_ERROR"),
         ("endless", "", "DOWNLOAD_ERROR"),
         ("trickle", "speech.wav", "DOWNLOAD_ERROR"),
+        ("headtrickle", "speech.wav", "DOWNLOAD_ERROR"),
+        ("gzipbomb", "", "DOWNLOAD_ERROR"),
     ]
-    rows: dict[tuple[str, str], list[tuple[str, float, bool, int]]] = {}
+    env = {
+        "VOXTRACE_DOWNLOAD_TIMEOUT_S": "2",
+        "VOXTRACE_DOWNLOAD_TOTAL_TIMEOUT_S": "4",
+        "VOXTRACE_MAX_DOWNLOAD_BYTES": str(4 * 1024 * 1024),
+        "VOXTRACE_JOB_TIMEOUT_S": "30",
+    }
     with _files(corpus) as files, _backend() as (receiver, thread):
         data_dir = ctx.scratch("hostile-serve")
-        env = {
-            "VOXTRACE_DOWNLOAD_TIMEOUT_S": "2",
-            "VOXTRACE_DOWNLOAD_TOTAL_TIMEOUT_S": "4",
-            "VOXTRACE_MAX_DOWNLOAD_BYTES": str(4 * 1024 * 1024),
-            "VOXTRACE_JOB_TIMEOUT_S": "30",
-        }
         with _server(data_dir, thread.url, ctx.whisper_models, **env) as srv:
             rig = Rig(srv, files, receiver, data_dir)
-            for rep in range(ctx.hostile_reps):
-                for kind, name, _expected in cases:
-                    started = time.time()
-                    job_id = rig.submit(files.url(kind, name))
-                    ends = terminal_calls(rig.wait_terminal(job_id, 240))
-                    got = ends[0].body.get("error_code") or ends[0].body["status"]
-                    rows.setdefault((kind, name), []).append(
-                        (got, ends[0].at - started, rig.work_empty(), len(ends))
-                    )
-                    ctx.log(f"hostile {rep}: {kind}/{name}: {got}")
-                srv.wait_ready(90)
+            speech = frozenset(i.name for i in script.ITEMS if i.speech)
+            rows = _run_cases(ctx, rig, cases, ctx.hostile_reps, speech)
     lines = [
         "## Hostile media and hostile file servers (through `voxtrace serve`)",
         "",
@@ -262,6 +260,47 @@ def section_hostile(ctx: Context) -> str:
         "4 MB, job time limit 30 s, "
         "media cap 60 min (default).",
         "",
+        *_case_table(cases, rows),
+    ]
+    return "\n".join(lines)
+
+
+_Rows = dict[tuple[str, str], list[tuple[str, float, bool, int]]]
+
+
+def _run_cases(
+    ctx: Context,
+    rig: Rig,
+    cases: list[tuple[str, str, str]],
+    reps: int,
+    speech: frozenset[str] = frozenset(),
+) -> _Rows:
+    """Each (kind, name) of the file server through the real server, `reps` times. A
+    file in `speech` counts as completed only when its result has words."""
+    rows: _Rows = {}
+    for rep in range(reps):
+        for kind, name, _expected in cases:
+            started = time.time()
+            job_id = rig.submit(rig.files.url(kind, name))
+            ends = terminal_calls(rig.wait_terminal(job_id, 240))
+            got = ends[0].body.get("error_code") or ends[0].body["status"]
+            if got == "completed" and name in speech and not _has_words(ends[0].body):
+                got = "completed without words"
+            rows.setdefault((kind, name), []).append(
+                (got, ends[0].at - started, rig.work_empty(), len(ends))
+            )
+            ctx.log(f"hostile {rep}: {kind}/{name}: {got}")
+        rig.srv.wait_ready(90)
+    return rows
+
+
+def _has_words(body: dict[str, Any]) -> bool:
+    segments = (body.get("result") or {}).get("segments") or []
+    return any(seg.get("words") for seg in segments)
+
+
+def _case_table(cases: list[tuple[str, str, str]], rows: _Rows) -> list[str]:
+    lines = [
         "| input | expected | got (each run) | right | terminal callbacks | temp files left "
         "| submit → terminal |",
         "|---|---|---|---|---|---|---|",
@@ -280,8 +319,90 @@ def section_hostile(ctx: Context) -> str:
             f"| {_pct(right, len(runs))} | {sorted(n_ends)} | {left} "
             f"| {_seconds([t for _, t, _, _ in runs])} |"
         )
-    lines += ["", f"- right outcome: **{_pct(right_total, runs_total)}**", ""]
-    return "\n".join(lines)
+    return [*lines, "", f"- right outcome: **{_pct(right_total, runs_total)}**", ""]
+
+
+# ------------------------------------------------------------------------- media
+
+
+_MEDIA_ATTACKS = (
+    "hls_absolute.mp4",
+    "hls_relative.mp4",
+    "hls_nested.mp4",
+    "hls_live.mp4",
+    "dash.mp4",
+    "ffconcat.mp4",
+    "concat_relative.mp4",
+    "sdp.mp4",
+    "second_track.mp4",
+)
+
+
+def section_media(ctx: Context) -> str:
+    """Issue 12's media half through the real server (two workers): inputs that make
+    ffmpeg read other files, a playlist naming a running neighbour job's download, a
+    gzip bomb, a header trickle and speech on a second audio track."""
+    script = _corpus_script()
+    corpus = ctx.scratch("corpus")
+    script.make_corpus(corpus)
+    by_name = {item.name: item for item in script.ITEMS}
+    cases = [("file", n, by_name[n].error_code or by_name[n].outcome) for n in _MEDIA_ATTACKS]
+    cases += [("headtrickle", "speech.wav", "DOWNLOAD_ERROR"), ("gzipbomb", "", "DOWNLOAD_ERROR")]
+    victim = "victim_faststart.mp4"
+    subprocess.run(
+        ["ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(DATA / "sample.mp4"), "-c", "copy",
+         "-movflags", "+faststart", str(corpus / victim)],
+        check=True,
+    )  # fmt: skip
+    env = {
+        "VOXTRACE_WORKERS": "2",
+        "VOXTRACE_DOWNLOAD_TIMEOUT_S": "2",
+        "VOXTRACE_DOWNLOAD_TOTAL_TIMEOUT_S": "4",
+        "VOXTRACE_MAX_DOWNLOAD_BYTES": str(4 * 1024 * 1024),
+        "VOXTRACE_JOB_TIMEOUT_S": "60",
+    }
+    neighbours: list[NeighbourOutcome] = []
+    with _files(corpus, bomb_decoded_bytes=256 * 1024**2) as files, _backend() as backend:
+        receiver, thread = backend
+        data_dir = ctx.scratch("media-serve")
+        files.bomb()  # compressed once, before any timing
+        with _server(data_dir, thread.url, ctx.whisper_models, **env) as srv:
+            rig = Rig(srv, files, receiver, data_dir)
+            speech = frozenset(i.name for i in script.ITEMS if i.speech)
+            rows = _run_cases(ctx, rig, cases, ctx.hostile_reps, speech)
+            for rep in range(ctx.hostile_reps):
+                neighbours.append(neighbour_playlist(rig, victim))
+                ctx.log(f"media {rep}: neighbour playlist: {neighbours[-1]}")
+            bomb_wire = len(files.bomb())
+            identity = sum(h.get("accept-encoding") == "identity" for h in files.headers)
+            requests = len(files.headers)
+    lines = [
+        "## Media that names other files, compressed and stalled downloads (issue 12)",
+        "",
+        "The corpus' playlist, manifest, list and SDP files name local files (the absolute "
+        "ones name the corpus' own speech clip), served as `.mp4`; `second_track.mp4` has "
+        "its speech only on the 2nd audio track (counted right only when its result has "
+        "words). Server: two workers, download inactivity "
+        "timeout 2 s, total download deadline 4 s, max download 4 MB, job time limit 60 s. "
+        f"The gzip bomb is {bomb_wire / 1024:.0f} KB on the wire, 256 MB decoded.",
+        "",
+        *_case_table(cases, rows),
+        f"- requests to the file server asking `Accept-Encoding: identity`: {identity}/{requests}",
+        "",
+        "A running neighbour job: while a victim job (18 s of speech) is past its download, "
+        "another job submits an HLS playlist naming `../<the victim's real work dir>/"
+        "download.mp4` (read from disk: more than an attacker can know).",
+        "",
+        "| run | playlist job | words leaked | victim job | victim dir guessable "
+        "| terminal callbacks |",
+        "|---|---|---|---|---|---|",
+    ]
+    for i, n in enumerate(neighbours, 1):
+        lines.append(
+            f"| {i} | {n.attacker} | {n.leaked_words} | {n.victim} "
+            f"| {'yes' if n.victim_dir_guessable else 'no'} | {list(n.terminal_callbacks)} |"
+        )
+    return "\n".join([*lines, ""])
 
 
 # ------------------------------------------------------------------------- backend
@@ -621,13 +742,108 @@ def section_soak(ctx: Context) -> str:
     return run_soak(models_dir=ctx.whisper_models)
 
 
+# ------------------------------------------------------------------------- edge
+
+
+def section_edge(ctx: Context) -> str:
+    """Hostile peers at the HTTP edge: callback endpoints that trickle or answer 200 MB,
+    a flood of unfinished connections, many big bodies at once."""
+    kinds = ("trickle-body", "trickle-head", "huge")
+    root = ctx.scratch("edge-files")
+    (root / "silence.mp4").write_bytes((DATA / "silence.mp4").read_bytes())
+    callbacks = []
+    with (
+        _files(root) as files,
+        _backend() as (receiver, thread),
+        HostileBackend(interval_s=5.0) as hostile,
+    ):
+        env = {
+            "VOXTRACE_SEND_PROGRESS": "false",
+            "VOXTRACE_CALLBACK_TIMEOUT_S": "10",
+            "VOXTRACE_CALLBACK_RETRY_WINDOW_S": "30",
+            "VOXTRACE_CALLBACK_ALLOWLIST": ",".join(f"{hostile.url}/{k}" for k in kinds),
+        }
+        data_dir = ctx.scratch("edge-serve")
+        with _server(data_dir, thread.url, ctx.whisper_models, **env) as srv:
+            rig = Rig(srv, files, receiver, data_dir)
+            for _ in range(ctx.backend_reps):
+                for kind in kinds:
+                    outcome = hostile_callback(
+                        rig, files.url("file", "silence.mp4"), hostile.url, kind
+                    )
+                    ctx.log(f"edge: {outcome}")
+                    callbacks.append(outcome)
+    floods = []
+    bodies = []
+    for _ in range(ctx.backend_reps):
+        with ServeProcess(ctx.scratch("edge-flood"), **POLLING_ENV) as api:
+            floods.append(connection_flood(api, 2000))
+            ctx.log(f"edge: {floods[-1]}")
+            bodies.append(big_bodies(api, 8, 49))
+            ctx.log(f"edge: {bodies[-1]}")
+    lines = [
+        "## Hostile peers at the HTTP edge",
+        "",
+        "Callbacks: `voxtrace serve` with one worker; a job whose callback endpoint (an "
+        "allowlisted `fastapi_base_url`) misbehaves, then a job for the healthy backend. "
+        "`trickle-body`: 200, then one body byte every 5 s; `trickle-head`: the status line, "
+        "then one header byte every 5 s (never idle for the 10-s timeout); `huge`: a 200 "
+        "whose body is 200 MB. Attempt deadline 10 s (`VOXTRACE_CALLBACK_TIMEOUT_S`), retry "
+        "window 30 s, progress callbacks off.",
+        "",
+        "| endpoint | healthy job's callback | submit → healthy callback | hostile callback "
+        "| attempts | last_error | serve peak RSS growth |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for o in callbacks:
+        lines.append(
+            f"| {o.kind} | {o.healthy_status} | {o.healthy_s:.1f} s | {o.hostile_state} "
+            f"| {o.hostile_attempts} | {o.hostile_error or '-'} | {o.serve_rss_growth_mb:.1f} MB |"
+        )
+    lines += [
+        "",
+        "Connection flood: `voxtrace serve` (API only, defaults: header timeout 10 s, at most "
+        "256 connections waiting for headers, oldest closed first); 2,000 connections, half "
+        "sending a partial request line and headers, half nothing; then `/health` and a "
+        "submit from a normal client.",
+        "",
+        "| connections | /health | /health latency | submit | serve fds during "
+        "| closed by the server | all closed after | tracebacks in log |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for f in floods:
+        lines.append(
+            f"| {f.connections} | {f.health_status} | {f.health_s * 1000:.0f} ms "
+            f"| {f.submit_status} | {f.serve_fds_during} | {f.closed_by_server} "
+            f"| {f.closed_s:.1f} s | {f.log_tracebacks} |"
+        )
+    lines += [
+        "",
+        "Big bodies: eight 49-MB submit bodies at once (four with Content-Length, four "
+        "chunked) against the 64-KiB submit limit (`VOXTRACE_SUBMIT_MAX_BODY_BYTES`).",
+        "",
+        "| bodies | answers | serve RSS before | serve peak RSS | /health after |",
+        "|---|---|---|---|---|",
+    ]
+    for b in bodies:
+        answers = ", ".join(f"{b.statuses.count(s)}× `{s}`" for s in sorted(set(b.statuses)))
+        lines.append(
+            f"| {b.bodies} × {b.body_mb} MB | {answers} | {b.rss_before_mb:.0f} MB "
+            f"| {b.rss_peak_mb:.0f} MB | {b.health_s * 1000:.0f} ms |"
+        )
+    lines.append("")
+    return "\n".join(lines)
+
+
 SECTIONS: dict[str, Callable[[Context], str]] = {
     "kills": section_kills,
     "hostile": section_hostile,
+    "media": section_media,
     "backend": section_backend,
     "disk": section_disk,
     "machines": section_machines,
     "burst": section_burst,
+    "edge": section_edge,
     "load": section_load,
     "soak": section_soak,
 }

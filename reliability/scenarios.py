@@ -12,7 +12,9 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -22,7 +24,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from testing.helpers import GatedFileServer, Server, WorkerProcess
+from testing.helpers import GatedFileServer, ServeProcess, Server, WorkerProcess
 from testing.hostile_servers import HostileServer
 from voxtrace.devbackend import DevBackend, ReceivedCall, contract_violations
 from voxtrace.domain import Job, JobOptions, JobStatus, NewJob
@@ -616,3 +618,251 @@ def _done(store: JobStore, job_id: str) -> bool:
 def _progress_at_least(store: JobStore, job_id: str, progress: int) -> bool:
     job = store.get(job_id)
     return job is not None and (job.progress >= progress or job.status.value in TERMINAL)
+
+
+# ------------------------------------------------------------------ media attacks
+
+
+@dataclass(frozen=True)
+class NeighbourOutcome:
+    """A playlist naming a running neighbour job's download: what the attacker got."""
+
+    attacker: str  # terminal status or error code of the playlist job
+    leaked_words: int  # words of the attacker's result that are the victim's
+    victim: str  # terminal status or error code of the victim job
+    victim_dir_guessable: bool  # the victim's media sat at work/<job id>/download.*
+    terminal_callbacks: tuple[int, int]  # (attacker, victim): each must be 1
+
+
+def neighbour_playlist(rig: Rig, victim_name: str, timeout_s: float = 240) -> NeighbourOutcome:
+    """Issue 12's reproduction through `voxtrace serve` (two workers): while a victim
+    job is past its download, submit an HLS playlist (served as `.mp4`) naming
+    `../<the victim's real work dir>/download.mp4`. The attacker is handed the real,
+    unguessable directory name (read from disk): the demuxer whitelist alone must stop it.
+
+    `victim_name` is a file of `rig.files.root` with speech (faststart mp4, the layout
+    HLS can read).
+    """
+    victim = rig.submit(rig.files.url("file", victim_name))
+    work = rig.data_dir / "work"
+
+    def victim_download() -> Path | None:
+        for child in work.glob("*/download.*") if work.is_dir() else ():
+            if child.parent.name.startswith(victim):
+                job = rig.job(victim)
+                return child if job["progress"] >= 25 else None
+        return None
+
+    media = _until("victim's download", victim_download, 120, poll_s=0.05)
+    playlist = f"neighbour-{uuid.uuid4().hex[:8]}.mp4"
+    (rig.files.root / playlist).write_text(
+        "#EXTM3U\n#EXT-X-TARGETDURATION:20\n#EXTINF:20.0,\n"
+        f"../{media.parent.name}/{media.name}\n#EXT-X-ENDLIST\n"
+    )
+    attacker = rig.submit(rig.files.url("file", playlist))
+    ends = {
+        job_id: terminal_calls(rig.wait_terminal(job_id, timeout_s))
+        for job_id in (attacker, victim)
+    }
+    victim_words = _result_words(rig.job(victim).get("result"))
+    attacker_words = _result_words(rig.job(attacker).get("result"))
+    return NeighbourOutcome(
+        attacker=_outcome(ends[attacker]),
+        leaked_words=sum(1 for w in attacker_words if w in set(victim_words)),
+        victim=_outcome(ends[victim]),
+        victim_dir_guessable=media.parent.name == victim,
+        terminal_callbacks=(len(ends[attacker]), len(ends[victim])),
+    )
+
+
+def _outcome(ends: list[ReceivedCall]) -> str:
+    if not ends:
+        return "none"
+    return str(ends[0].body.get("error_code") or ends[0].body["status"])
+
+
+def _result_words(result: dict[str, Any] | None) -> list[str]:
+    if not result:
+        return []
+    return [w["word"].strip(" .,?!").lower() for s in result["segments"] for w in s["words"]]
+
+
+# ------------------------------------------------------------------ hostile callback peers
+
+
+@dataclass(frozen=True)
+class TrickleOutcome:
+    """Two jobs: the first calls back a hostile endpoint, the second a healthy one."""
+
+    kind: str  # trickle-body | trickle-head | huge
+    healthy_status: str  # the healthy job's terminal callback, as the backend got it
+    healthy_s: float  # submit of the healthy job -> its terminal callback received
+    hostile_state: str  # the hostile job's terminal callback: delivered | pending | dead
+    hostile_error: str | None
+    hostile_attempts: int
+    serve_rss_growth_mb: float  # serve's peak RSS over the run, less its RSS before
+
+
+def _peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def hostile_callback(rig: Rig, url: str, hostile_base: str, kind: str) -> TrickleOutcome:
+    """Submit a job whose callbacks go to `hostile_base` (allowlisted on the server),
+    then one for the healthy backend; the healthy one's callback must arrive, and the
+    hostile one's attempt must end (its deadline), with serve's memory unmoved."""
+    pid = rig.srv.pid
+    with contextlib.suppress(OSError):
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+    before_mb = _peak_rss_mb(pid)
+    hostile = rig.submit(url, fastapi_base_url=f"{hostile_base}/{kind}")
+    started = time.monotonic()
+    healthy = rig.submit(url)
+    calls = rig.wait_terminal(healthy, timeout_s=120)
+    healthy_s = time.monotonic() - started
+    entry: dict[str, Any] = {}
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        ends = [c for c in rig.job(hostile)["callbacks"] if c["terminal"]]
+        if ends and (ends[-1]["attempts"] >= 1):
+            entry = ends[-1]
+            if kind == "huge" or entry["state"] != "pending":
+                break
+        time.sleep(0.2)
+    return TrickleOutcome(
+        kind=kind,
+        healthy_status=str(terminal_calls(calls)[-1].body["status"]) if calls else "-",
+        healthy_s=round(healthy_s, 1),
+        hostile_state=str(entry.get("state", "-")),
+        hostile_error=entry.get("last_error"),
+        hostile_attempts=int(entry.get("attempts", 0)),
+        serve_rss_growth_mb=round(_peak_rss_mb(pid) - before_mb, 1),
+    )
+
+
+# ------------------------------------------------------------------ hostile clients
+
+
+@dataclass(frozen=True)
+class FloodOutcome:
+    connections: int  # opened by the flood (half a partial request, half nothing)
+    health_status: int  # /health while the flood holds its connections
+    health_s: float
+    submit_status: int
+    serve_fds_during: int  # serve's open descriptors while the flood is on
+    closed_by_server: int  # flood connections the server closed (after the wait)
+    closed_s: float  # flood start -> the server has closed all of them (or gave up)
+    log_tracebacks: int
+
+
+def _closed_by_peer(sock: socket.socket) -> bool:
+    sock.setblocking(False)
+    try:
+        while sock.recv(65536):
+            pass
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def connection_flood(srv: ServeProcess, connections: int, wait_s: float = 60.0) -> FloodOutcome:
+    """Open `connections` sockets that never finish a request, then use the server."""
+    flood: list[socket.socket] = []
+    started = time.monotonic()
+    try:
+        for i in range(connections):
+            sock = socket.create_connection(("127.0.0.1", srv.port))
+            if i % 2:
+                sock.sendall(b"POST /api/upload-video/process-video HTTP/1.1\r\nHost: x\r\n")
+            flood.append(sock)
+        t0 = time.monotonic()
+        health = httpx.get(f"{srv.url}/health", timeout=30)
+        health_s = time.monotonic() - t0
+        submit = srv.submit(str(uuid.uuid4()), "https://bucket.test/flood.mp4")
+        fds = len(list(Path(f"/proc/{srv.pid}/fd").iterdir()))
+        open_ = set(range(len(flood)))
+        deadline = time.monotonic() + wait_s
+        while open_ and time.monotonic() < deadline:
+            open_ = {i for i in open_ if not _closed_by_peer(flood[i])}
+            time.sleep(0.2)
+        closed_s = time.monotonic() - started
+    finally:
+        for sock in flood:
+            sock.close()
+    return FloodOutcome(
+        connections=connections,
+        health_status=health.status_code,
+        health_s=round(health_s, 3),
+        submit_status=submit.status_code,
+        serve_fds_during=fds,
+        closed_by_server=connections - len(open_),
+        closed_s=round(closed_s, 1),
+        log_tracebacks=srv.log_tail(10_000_000).count("Traceback"),
+    )
+
+
+@dataclass(frozen=True)
+class BodiesOutcome:
+    bodies: int
+    body_mb: int
+    statuses: list[str]  # the status line each client got
+    rss_before_mb: float
+    rss_peak_mb: float
+    health_s: float  # /health right after
+
+
+def _post_raw(port: int, body_bytes: int, chunked: bool) -> str:
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.settimeout(60)
+    head = "POST /api/upload-video/process-video HTTP/1.1\r\nHost: x\r\n"
+    head += "Transfer-Encoding: chunked\r\n" if chunked else f"Content-Length: {body_bytes}\r\n"
+    block = b"0" * (1 << 20)
+    try:
+        sock.sendall((head + "\r\n").encode())
+        sent = 0
+        while sent < body_bytes:
+            piece = block[: min(len(block), body_bytes - sent)]
+            sock.sendall(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
+            sent += len(piece)
+    except OSError:
+        pass  # refused and closed before the body was all sent
+    answer = b""
+    with contextlib.suppress(OSError):
+        while chunk := sock.recv(65536):
+            answer += chunk
+    sock.close()
+    return answer.split(b"\r\n", 1)[0].decode(errors="replace") or "(closed)"
+
+
+def big_bodies(srv: ServeProcess, bodies: int = 8, body_mb: int = 49) -> BodiesOutcome:
+    """`bodies` submits of `body_mb` MB at once, half declared, half chunked."""
+    pid = srv.pid
+    with contextlib.suppress(OSError):
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+    before = _peak_rss_mb(pid)
+    statuses: list[str] = []
+    threads = [
+        threading.Thread(
+            target=lambda c=i % 2 == 1: statuses.append(_post_raw(srv.port, body_mb << 20, c))
+        )
+        for i in range(bodies)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    t0 = time.monotonic()
+    httpx.get(f"{srv.url}/health", timeout=30)
+    return BodiesOutcome(
+        bodies=bodies,
+        body_mb=body_mb,
+        statuses=sorted(statuses),
+        rss_before_mb=round(before, 1),
+        rss_peak_mb=round(_peak_rss_mb(pid), 1),
+        health_s=round(time.monotonic() - t0, 3),
+    )

@@ -24,6 +24,7 @@ from voxtrace.devbackend import ReceivedCall
 __all__ = [
     "RESULT_PATH",
     "SECRET",
+    "SUBMIT",
     "FileServer",
     "GatedFileServer",
     "ServeProcess",

@@ -98,6 +98,12 @@ def test_resubmission_is_idempotent_and_a_different_url_conflicts(api: httpx.Cli
         ({"job_id": "j1", "video_url": "http://example.com/v.mp4"}, "https"),
         ({"job_id": "j1", "video_url": "https://h/" + "a" * 5000}, "video_url"),
         ({"job_id": "j1", "video_url": VIDEO, "language": "klingon!"}, "language"),
+        ({"job_id": "j1", "video_url": VIDEO, "language": "xx"}, "language"),
+        ({"job_id": "j1", "video_url": VIDEO, "language": "KOR"}, "language"),
+        ({"job_id": "j1", "video_url": VIDEO + "?a=\x00b"}, "control characters"),
+        ({"job_id": "j1", "video_url": VIDEO + "\x1b[31m"}, "control characters"),
+        ({"job_id": "j1", "video_url": VIDEO + "?q=\x7f"}, "control characters"),
+        ({"job_id": "j1", "video_url": VIDEO + "?q=\x85"}, "control characters"),
         ({"job_id": "j1", "video_url": VIDEO, "num_speakers": 0}, "num_speakers"),
         (
             {"job_id": "j1", "video_url": VIDEO, "min_speakers": 4, "max_speakers": 2},
@@ -326,11 +332,27 @@ def test_health_is_ready_only_once_this_nodes_own_workers_have_their_models(
 def test_unexpected_errors_are_generic_500s(tmp_path: Path) -> None:
     server, store, _ = make_server(tmp_path)
     store.close()
-    (tmp_path / "jobs.db").unlink()
-    (tmp_path / "jobs.db").mkdir()  # the store can no longer open its file
+    for leftover in tmp_path.glob("jobs.db*"):
+        leftover.unlink()
+    (tmp_path / "jobs.db").write_bytes(b"not a database " * 100)  # corrupt: a bug, not I/O
     try:
         r = httpx.get(f"{server.url}/api/jobs/anything")
         assert_envelope(r, 500, "INTERNAL_ERROR")
+    finally:
+        server.stop()
+
+
+def test_a_store_that_cannot_open_its_file_answers_503_with_the_job_id(tmp_path: Path) -> None:
+    server, store, _ = make_server(tmp_path)
+    store.close()
+    (tmp_path / "jobs.db").unlink()
+    (tmp_path / "jobs.db").mkdir()  # the store can no longer open its file
+    try:
+        r = httpx.post(f"{server.url}{SUBMIT}", json={"job_id": "j-503", "video_url": VIDEO})
+        assert_envelope(r, 503, "INSUFFICIENT_RESOURCES", job_id="j-503")
+        assert int(r.headers["Retry-After"]) >= 1
+        r = httpx.get(f"{server.url}/api/jobs/anything")
+        assert_envelope(r, 503, "INSUFFICIENT_RESOURCES", job_id="anything")
     finally:
         server.stop()
 
@@ -380,3 +402,53 @@ def test_optional_api_key_guards_submit_and_status(tmp_path: Path) -> None:
     finally:
         server.stop()
         store.close()
+
+
+def test_job_ids_stay_out_of_unauthenticated_endpoints_when_a_key_is_set(
+    tmp_path: Path,
+) -> None:
+    """/api/queue and /health need no key (probes), so with a key set they must not list
+    which job a worker runs: a job id opens that job's status, result and media name."""
+    server, store, _ = make_server(tmp_path, api_key="s3cret-key")
+    store.worker_seen(
+        "node/1/0.1",
+        {"state": "busy", "job_id": "victim-job-7", "models_loaded": True},
+        time.time(),
+    )
+    try:
+        with httpx.Client(base_url=server.url) as client:
+            for path in ("/api/queue", "/health"):
+                anonymous = client.get(path)
+                assert anonymous.status_code == 200
+                assert "victim-job-7" not in anonymous.text, path
+                assert "job_id" not in anonymous.text, path
+                keyed = client.get(path, headers={"X-API-Key": "s3cret-key"})
+                assert "victim-job-7" in keyed.text, path
+    finally:
+        server.stop()
+        store.close()
+    server, store, _ = make_server(tmp_path / "open")  # no key: nothing to protect
+    store.worker_seen("node/1/0.1", {"state": "busy", "job_id": "j-open"}, time.time())
+    try:
+        assert "j-open" in httpx.get(f"{server.url}/api/queue").text
+    finally:
+        server.stop()
+        store.close()
+
+
+@pytest.mark.parametrize("language", ["auto", "AUTO", None, "", "ko", "KO", "haw", "yue"])
+def test_auto_null_and_whisper_languages_are_accepted(
+    api: httpx.Client, language: str | None
+) -> None:
+    job_id = f"lang-{language!s}"
+    body = {"job_id": job_id, "video_url": VIDEO, "language": language}
+    r = api.post(SUBMIT, json=body)
+    assert r.status_code == 200, r.text
+
+
+def test_the_language_list_is_whispers() -> None:
+    from faster_whisper.tokenizer import _LANGUAGE_CODES
+
+    from voxtrace.api.schemas import WHISPER_LANGUAGES
+
+    assert set(_LANGUAGE_CODES) == WHISPER_LANGUAGES

@@ -179,6 +179,7 @@ def test_result_to_contract_has_the_exact_shape() -> None:
         "emotion": "joy",
         "confidence": 0.812,
         "probabilities": {"joy": 0.812, "neutral": 0.188},
+        "source": "text",
     }
     assert "emotion" not in out["segments"][1]
     hello, world = first["words"]

@@ -59,6 +59,7 @@ def test_retryable_is_the_class_and_cannot_be_set_on_an_instance() -> None:
         errors.RateLimited,
         errors.InsufficientResources,
         errors.CapacityExceeded,
+        errors.StoreUnavailable,
         errors.DownloadUnavailable,
     }
     for cls in _all_classes():

@@ -21,6 +21,7 @@ from reliability.scenarios import (
     Rig,
     Tmpfs,
     backend_fault,
+    hostile_callback,
     kill_during,
     kill_during_callback,
     models_dir,
@@ -28,7 +29,7 @@ from reliability.scenarios import (
     terminal_calls,
 )
 from testing.helpers import SECRET, GatedFileServer, Server, free_port
-from testing.hostile_servers import HostileServer
+from testing.hostile_servers import HostileBackend, HostileServer
 from voxtrace.devbackend import DevBackend, ServerThread
 
 DATA = Path(__file__).parent / "data"
@@ -171,6 +172,46 @@ def test_callback_delivery_policy(
         assert outcome.received == 0  # the injected 404 is not recorded as a callback
     if mode == "down":
         assert outcome.received == 0
+
+
+@pytest.fixture(scope="module")
+def trickle_rig(
+    tmp_path_factory: pytest.TempPathFactory,
+    files: HostileServer,
+    backend: tuple[DevBackend, ServerThread],
+    models_path: Path,
+) -> Iterator[tuple[Rig, str]]:
+    """serve with one worker, a healthy backend, and a hostile callback endpoint that is
+    allowlisted under each of its behaviours."""
+    hostile = HostileBackend(interval_s=0.5).start()
+    kinds = ("trickle-body", "trickle-head", "huge")
+    srv = Server(
+        tmp_path_factory.mktemp("trickle"),
+        backend[1].url,
+        models_path,
+        VOXTRACE_SEND_PROGRESS="false",  # only terminal callbacks: one per job
+        VOXTRACE_CALLBACK_TIMEOUT_S="2",  # the attempt deadline; the trickle never idles 2 s
+        VOXTRACE_CALLBACK_RETRY_WINDOW_S="8",
+        VOXTRACE_CALLBACK_ALLOWLIST=",".join(f"{hostile.url}/{kind}" for kind in kinds),
+        **POLLING_ENV,
+    ).start()
+    yield Rig(srv, files, backend[0], srv.data_dir), hostile.url
+    srv.stop()
+    hostile.stop()
+
+
+@pytest.mark.parametrize("kind", ["trickle-body", "trickle-head", "huge"])
+def test_a_hostile_callback_endpoint_does_not_hold_up_other_jobs(
+    trickle_rig: tuple[Rig, str], kind: str
+) -> None:
+    rig, hostile = trickle_rig
+    outcome = hostile_callback(rig, rig.files.url("file", "silence.mp4"), hostile, kind)
+    assert outcome.healthy_status == "completed", outcome
+    if kind == "huge":  # a 200 answer whose 200-MB body is not read
+        assert outcome.hostile_state == "delivered", outcome
+        assert outcome.serve_rss_growth_mb < 50, outcome
+    else:  # each attempt ends at its deadline; retried, then given up with the window
+        assert outcome.hostile_error and "deadline exceeded" in outcome.hostile_error, outcome
 
 
 # ------------------------------------------------------------------ disk nearly full

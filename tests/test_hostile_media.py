@@ -138,6 +138,26 @@ def test_corpus_file_gets_its_outcome(
     assert leftovers == []
 
 
+def test_a_playlist_cannot_read_another_jobs_media(
+    hostile: HostileServer, bundle: ModelBundle, tmp_path: Path
+) -> None:
+    """Issue 12's reproduction: job B's "video" is a 130-byte HLS playlist naming
+    `../victim-job/download.mp4`, job A's upload next door. Unrestricted, ffmpeg follows
+    it and B's result is A's transcript."""
+    victim = tmp_path / "victim-job"
+    victim.mkdir()
+    subprocess.run(
+        ["ffmpeg", "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i",
+         "testsrc=size=64x64:rate=5", "-i", str(DATA / "jfk.flac"), "-shortest",
+         "-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac", "-movflags", "+faststart",
+         str(victim / "download.mp4")],
+        check=True,
+    )  # fmt: skip
+    result, error = _run(hostile.url("file", "hls_relative.mp4"), tmp_path / "attacker", bundle)
+    assert result is None, f"read the other job's media: {_words(result)!r}"
+    assert error is not None and error.code == "AUDIO_EXTRACTION_ERROR"
+
+
 # ------------------------------------------------------------- hostile servers
 
 
@@ -195,6 +215,55 @@ def test_trickling_server_is_cut_off_by_a_total_deadline(corpus: Path, tmp_path:
     assert list(tmp_path.iterdir()) == []
 
 
+def _fetch_in_thread(
+    url: str, dest: Path, opts: FetchOptions
+) -> tuple[threading.Thread, list[BaseException]]:
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            fetch(url, dest, opts)
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread, errors
+
+
+def test_header_trickle_is_cut_off_by_the_total_deadline(corpus: Path, tmp_path: Path) -> None:
+    """Issue 12 #6: the status line, then one header byte per 0.2 s, forever. No read
+    is ever idle for read_timeout_s, and the body loop's deadline check never runs:
+    only a deadline on every socket read ends it."""
+    with HostileServer(corpus, trickle_interval_s=0.2) as server:
+        url = server.url("headtrickle", "speech.wav")
+        thread, errors = _fetch_in_thread(url, tmp_path, _options(total_timeout_s=3.0).fetch)
+        thread.join(timeout=10)
+        still_running = thread.is_alive()
+    thread.join(timeout=10)  # stopping the server released it
+    assert not still_running, "download still waiting for headers after 10 s"
+    assert errors and isinstance(errors[0], DownloadError), errors
+    assert errors[0].code == "DOWNLOAD_ERROR" and errors[0].retryable
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_compressed_answer_is_refused_and_never_decoded(
+    hostile: HostileServer, tmp_path: Path
+) -> None:
+    """Issue 12 #5: media is never asked for compressed, and a server that compresses
+    anyway is refused before a byte lands on disk (64 MB of zeros here are 64 KB
+    gzipped; the real attack was 13 MB -> 3 GB)."""
+    seen = len(hostile.headers)
+    for url in (hostile.url("gzipbomb"), hostile.url("gzip", "speech.wav")):
+        with pytest.raises(DownloadError) as caught:
+            fetch(url, tmp_path, _options().fetch)
+        assert "compressed" in caught.value.message
+        assert not caught.value.retryable
+        assert list(tmp_path.iterdir()) == []
+    sent = hostile.headers[seen:]
+    assert sent and all(h.get("accept-encoding") == "identity" for h in sent), sent
+
+
 # ------------------------------------------------------------- through the server
 
 
@@ -208,6 +277,9 @@ SERVER_CASES = [
     ("endless", "", "failed", "DOWNLOAD_ERROR", 1),
     # never idle, never done: the total download deadline ends each attempt
     ("trickle", "speech.wav", "failed", "DOWNLOAD_ERROR", 3),
+    ("headtrickle", "speech.wav", "failed", "DOWNLOAD_ERROR", 3),  # headers never end
+    ("gzipbomb", "", "failed", "DOWNLOAD_ERROR", 1),
+    ("file", "hls_absolute.mp4", "failed", "AUDIO_EXTRACTION_ERROR", 1),
 ]
 
 
@@ -289,3 +361,34 @@ def _alive(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return state != "Z"
+
+
+# ------------------------------------------------------------- a running neighbour
+
+
+@pytest.mark.slow
+def test_a_playlist_cannot_read_a_running_neighbours_media_through_the_server(
+    tmp_path: Path, backend: tuple[DevBackend, ServerThread], models_path: Path
+) -> None:
+    """Issue 12 as reported: two workers, a victim job past its download, and a playlist
+    job naming the victim's real work directory (more than an attacker can know)."""
+    from reliability.scenarios import POLLING_ENV, Rig, neighbour_playlist
+    from testing.helpers import Server
+
+    root = tmp_path / "files"
+    root.mkdir()
+    subprocess.run(
+        ["ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(DATA / "sample.mp4"), "-c", "copy",
+         "-movflags", "+faststart", str(root / "victim.mp4")],
+        check=True,
+    )  # fmt: skip
+    receiver, thread = backend
+    data_dir = tmp_path / "data"
+    srv = Server(data_dir, thread.url, models_path, VOXTRACE_WORKERS="2", **POLLING_ENV)
+    with HostileServer(root) as files, srv:
+        outcome = neighbour_playlist(Rig(srv, files, receiver, data_dir), "victim.mp4")
+    assert outcome.attacker == "AUDIO_EXTRACTION_ERROR", outcome
+    assert outcome.leaked_words == 0
+    assert outcome.victim == "completed"
+    assert not outcome.victim_dir_guessable
+    assert outcome.terminal_callbacks == (1, 1)

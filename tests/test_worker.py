@@ -5,6 +5,7 @@ store whose write lock another connection holds)."""
 from __future__ import annotations
 
 import sqlite3
+import stat
 import threading
 import time
 from pathlib import Path
@@ -15,7 +16,13 @@ from voxtrace.config import get_settings
 from voxtrace.domain import JobStatus, NewJob
 from voxtrace.models import ModelBundle
 from voxtrace.store import MemoryJobStore, SqliteJobStore
-from voxtrace.worker import JobRunner, LostOwnership
+from voxtrace.worker import (
+    JobRunner,
+    LostOwnership,
+    job_of_work_dir,
+    job_work_dir,
+    remove_job_dirs,
+)
 from voxtrace.worker.hooks import JobHooks
 
 
@@ -216,3 +223,22 @@ def test_a_worker_told_to_stop_gives_up_waiting_for_the_store(tmp_path: Path) ->
     assert stored is not None and stored.status is JobStatus.PROCESSING
     assert not (tmp_path / "work" / "j1").exists()
     store.close()
+
+
+def test_each_attempt_gets_a_private_work_dir_nobody_can_name(tmp_path: Path) -> None:
+    """Media of one job must not be reachable as `../<job id>/download.mp4` from another."""
+    work = tmp_path / "work"
+    first = job_work_dir(work, "job-1")
+    (first / "download.mp4").write_bytes(b"media")
+    second = job_work_dir(work, "job-1")
+    assert not first.exists()  # an earlier attempt's files are gone
+    assert second.parent == work and not (work / "job-1").exists()
+    assert second.name != first.name and len(second.name) > len("job-1.") + 30
+    assert stat.S_IMODE(second.stat().st_mode) == 0o700
+    assert stat.S_IMODE(work.stat().st_mode) == 0o700
+    other = job_work_dir(work, "job-1.b")  # a job id with a dot is another job
+    assert second.exists()
+    assert (job_of_work_dir(second), job_of_work_dir(other)) == ("job-1", "job-1.b")
+    assert job_of_work_dir(work / "job-1") == ""
+    remove_job_dirs(work, "job-1")
+    assert not second.exists() and other.exists()

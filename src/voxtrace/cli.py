@@ -60,14 +60,15 @@ def _count_across_processes(settings: Settings) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from voxtrace.api import create_app
+    from voxtrace.api.serving import DataDirLock, run_api
     from voxtrace.store import open_store
     from voxtrace.worker import Supervisor
 
     settings = _settings(args, host=args.host, port=args.port, workers=args.workers)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    lock = DataDirLock(settings.data_dir)
+    lock.acquire()  # before the store: a second server must not even take back jobs
     _count_across_processes(settings)
     store = open_store(settings.store_location)
     supervisor = Supervisor(settings, store, log_level=args.log_level)
@@ -79,18 +80,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         settings.worker_processes,
     )
     try:
-        uvicorn.run(
-            create_app(settings, store),
-            host=settings.host,
-            port=settings.port,
-            log_level=args.log_level.lower(),
-            access_log=False,
-            log_config=None,  # uvicorn's lines go through our handler: format, redaction
-            timeout_graceful_shutdown=5,
-        )
+        run_api(create_app(settings, store), settings, args.log_level)
     finally:
         supervisor.stop()
         store.close()
+        lock.release()
     return 0
 
 
@@ -199,10 +193,21 @@ def cmd_job(args: argparse.Namespace) -> int:
 
 
 def cmd_emotion(args: argparse.Namespace) -> int:
-    from voxtrace.models.emotion import emotion_json_lines, load_emotion_model
+    from voxtrace.models.emotion import (
+        AUTO,
+        EmotionModel,
+        emotion_json_lines,
+        load_emotion_model,
+        normalise_language,
+    )
 
+    language = AUTO if args.language == AUTO else normalise_language(args.language)
+    if language != AUTO and not EmotionModel.covers(language):
+        print(f"voxtrace: no text emotion model for language {args.language!r}", file=sys.stderr)
+        return 2
     model = load_emotion_model()
-    for line in emotion_json_lines((raw.rstrip("\n") for raw in sys.stdin), model):
+    lines = (raw.rstrip("\n") for raw in sys.stdin)
+    for line in emotion_json_lines(lines, model, language):
         print(line, flush=True)
     return 0
 
@@ -255,6 +260,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_job)
 
     p = sub.add_parser("emotion", help="classify lines of text read from stdin")
+    p.add_argument(
+        "--language",
+        default="auto",
+        help='"auto" (default: each line\'s script decides), "en", "ko", or another '
+        "language code the encoder covers",
+    )
     p.set_defaults(func=cmd_emotion)
 
     p = sub.add_parser("setup", help="assemble the bundled models")

@@ -53,6 +53,14 @@ class Settings(BaseSettings):
     rate_limit_per_minute: int = Field(600, ge=1)
     rate_limit_burst: int = Field(100, ge=1)
     api_key: SecretStr | None = None  # off by default: the deployed backend sends none
+    # --- the HTTP edge: what one client may hold (see api/serving.py)
+    submit_max_body_bytes: int = Field(64 * 1024, ge=1024)  # ~300 B; max_body_bytes caps it
+    body_timeout_s: float = Field(30, gt=0)  # a request's whole body
+    header_timeout_s: float = Field(10, gt=0)  # a request's line and headers
+    keepalive_timeout_s: float = Field(5, gt=0)  # an idle kept-alive connection
+    max_connections: int = Field(1000, ge=16)  # open connections; 503 past it
+    max_pending_connections: int = Field(256, ge=8)  # waiting for headers; oldest closed
+    trusted_proxies: CommaList = ()  # addresses whose X-Forwarded-For is believed
 
     # --- jobs
     job_timeout_s: float = Field(30 * 60, gt=0)
@@ -90,7 +98,8 @@ class Settings(BaseSettings):
     callback_path: str = "/api/v1/ml/ml-results"
     callback_allowlist: CommaList = ()
     callback_secret: SecretStr | None = None
-    callback_timeout_s: float = Field(10, gt=0)
+    callback_timeout_s: float = Field(10, gt=0)  # one attempt, all of it (not per read)
+    callback_concurrency: int = Field(4, ge=1, le=64)  # attempts at once per destination
     callback_retry_window_s: float = Field(3600, ge=0)
     callback_backoff_base_s: float = Field(1.0, gt=0)
     callback_backoff_cap_s: float = Field(300.0, gt=0)
@@ -121,7 +130,11 @@ class Settings(BaseSettings):
         return data
 
     @field_validator(
-        "allow_http_hosts", "allow_download_hosts", "callback_allowlist", mode="before"
+        "allow_http_hosts",
+        "allow_download_hosts",
+        "callback_allowlist",
+        "trusted_proxies",
+        mode="before",
     )
     @classmethod
     def _split_commas(cls, value: object) -> object:

@@ -101,6 +101,7 @@ def result_to_contract(result: Result) -> dict[str, Any]:
                 "emotion": seg.emotion.label,
                 "confidence": _finite(seg.emotion.confidence, 3, 0.0, 1.0),
                 "probabilities": _round_distribution(seg.emotion.probabilities, 3),
+                "source": seg.emotion.source,
             }
         segments.append(entry)
     return {

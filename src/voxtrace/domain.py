@@ -181,6 +181,7 @@ class Emotion:
     label: str
     confidence: float
     probabilities: dict[str, float]
+    source: str = "text"  # "text": text model (+ voice); "voice": voice-only fallback
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,8 @@
         ├── TranscriptionError        TRANSCRIPTION_ERROR
         ├── ProcessingTimeout         PROCESSING_TIMEOUT
         ├── InsufficientResources     INSUFFICIENT_RESOURCES 503  yes
-        │   └── CapacityExceeded      (submit: queue bound, disk floor, store out)
+        │   ├── CapacityExceeded      (submit: the queue bound, the disk floor)
+        │   └── StoreUnavailable      (the job store is out; Retry-After 5 s)
         └── InternalError             INTERNAL_ERROR
 
 Each code is declared by exactly one class (`CODE_CLASSES`); subclasses refine it.
@@ -24,7 +25,7 @@ Each code is declared by exactly one class (`CODE_CLASSES`); subclasses refine i
 `Retryable` (`error.retryable` reads that and cannot be set on an instance). A retryable
 job error sends the job back to the queue while attempts remain (with a backoff); a
 retryable API error is answered with `Retry-After`. The other half of the question, the
-backend's answers to our callbacks, is `retry.is_retryable_status` (5xx, 408, 429).
+backend's answers to our callbacks, is `retry.is_retryable_status` (5xx, 408, 425, 429).
 
 Every message here is safe to show to a client: generic, no paths, no library text.
 Library errors are translated into this tree where the I/O happens (fetch, audio,
@@ -52,6 +53,7 @@ __all__ = [
     "RateLimited",
     "RequestError",
     "Retryable",
+    "StoreUnavailable",
     "TranscriptionError",
     "Unauthorized",
     "VoxtraceError",
@@ -171,9 +173,31 @@ class InsufficientResources(Retryable, JobError):
 
 
 class CapacityExceeded(InsufficientResources):
-    """Submit refused for now: the queue bound, the disk floor, the store out."""
+    """Submit refused for now: the queue bound, the disk floor."""
 
     default_message = "Too many unfinished jobs; retry later"
+
+
+class StoreUnavailable(InsufficientResources):
+    """The job store cannot be reached or written (a full disk, a locked or deleted
+    SQLite file, PostgreSQL down or timing out): nothing was written, asking again later
+    may work. Raised by each store backend where its I/O fails."""
+
+    default_message = "Job store unavailable; retry later"
+    default_retry_after_s = 5.0
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        job_id: str | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
+        super().__init__(
+            message,
+            job_id=job_id,
+            retry_after_s=self.default_retry_after_s if retry_after_s is None else retry_after_s,
+        )
 
 
 class InternalError(JobError):

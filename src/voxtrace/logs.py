@@ -9,11 +9,12 @@ import logging
 import re
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 __all__ = [
     "JsonFormatter",
+    "LogRateLimit",
     "RedactingFilter",
     "configure_logging",
     "job_context",
@@ -80,6 +81,40 @@ class RedactingFilter(logging.Filter):
         if record.exc_text:
             record.exc_text = self.redact(record.exc_text)
         return True
+
+
+class LogRateLimit(logging.Filter):
+    """At most `burst` records per message template per `window_s`; then one line says
+    how many were left out. For loggers a flood of connections can make repeat
+    themselves (asyncio's accept errors, uvicorn's invalid requests)."""
+
+    def __init__(
+        self, burst: int = 5, window_s: float = 60.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        super().__init__()
+        self._burst = burst
+        self._window_s = window_s
+        self._clock = clock
+        self._seen: dict[tuple[str, str], tuple[float, int, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.name, str(record.msg))
+        now = self._clock()
+        start, count, dropped = self._seen.get(key, (now, 0, 0))
+        if now - start >= self._window_s:
+            if dropped:
+                record.msg = f"{record.msg} [{dropped} similar records left out]"
+            start, count, dropped = now, 0, 0
+        count += 1
+        allowed = count <= self._burst
+        if not allowed:
+            dropped += 1
+        if len(self._seen) > 1000:  # many distinct templates: forget the old ones
+            self._seen.clear()
+        self._seen[key] = (start, count, dropped)
+        if allowed and count == self._burst:
+            record.msg = f"{record.msg} [more like this are left out for {self._window_s:.0f} s]"
+        return allowed
 
 
 @contextlib.contextmanager

@@ -57,8 +57,9 @@ def is_retryable_status(status_code: int) -> bool:
     The one HTTP rule, for callbacks to the backend and for video downloads alike (an
     error of ours is retryable by its class: `errors.Retryable`).
 
-    Everything else is final: 2xx is success, and 1xx/3xx/other 4xx will not change
-    by asking again (a redirect means the callback URL is configured wrong).
+    Everything else is final: 2xx is success, and 1xx/other 4xx will not change by
+    asking again. Callback delivery decides 3xx itself before asking (callbacks.py:
+    a 307/308 within the allowed destinations is followed, any other is retried).
     """
     return status_code >= 500 or status_code in RETRYABLE_4XX_STATUSES
 

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from voxtrace.callbacks import CallbackDispatcher
+from voxtrace.callbacks import CallbackDispatcher, new_callback_client
 from voxtrace.config import Settings
 from voxtrace.models import load_models
 from voxtrace.pipeline.audio import AudioOptions
@@ -63,7 +63,7 @@ def callback_dispatcher(
     settings: Settings, store: JobStore
 ) -> tuple[CallbackDispatcher, httpx.Client]:
     """The outbox's dispatcher and the HTTP client it sends with (the caller closes it)."""
-    http = httpx.Client(timeout=settings.callback_timeout_s, follow_redirects=False)
+    http = new_callback_client()
     dispatcher = CallbackDispatcher(
         store,
         http,
@@ -73,5 +73,7 @@ def callback_dispatcher(
         timeout_s=settings.callback_timeout_s,
         backoff_base_s=settings.callback_backoff_base_s,
         backoff_cap_s=settings.callback_backoff_cap_s,
+        per_destination=settings.callback_concurrency,
+        redirect_destinations=(settings.backend_url, *settings.callback_allowlist),
     )
     return dispatcher, http

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import psycopg
+
+from testing.postgres import in_schema
 from voxtrace.domain import JobOptions, NewJob
 from voxtrace.payloads import completed_payload, failed_payload, progress_payload
 from voxtrace.store.base import JobStore
@@ -58,3 +61,18 @@ def fail(
 
 def states(store: JobStore, job_id: str) -> list[tuple[str, str]]:
     return [(entry["status"], entry["state"]) for entry in store.callback_log(job_id)]
+
+
+def pg_store(schema: str, *options: str) -> Any:
+    """A PostgreSQL store in `schema`, with `-c` options (e.g. "lock_timeout=200")."""
+    from voxtrace.store.postgres import PostgresJobStore
+
+    return PostgresJobStore(in_schema(schema, *options))
+
+
+def holding(schema: str, *statements: str) -> psycopg.Connection[Any]:
+    """Another session, its transaction left open after `statements` (it holds their locks)."""
+    other = psycopg.connect(in_schema(schema))
+    for statement in statements:
+        other.execute(statement)
+    return other

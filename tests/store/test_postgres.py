@@ -13,7 +13,17 @@ import pytest
 from psycopg import sql
 
 from testing.postgres import POSTGRES_URL, admin, in_schema
-from tests.store.kit import LEASE_S, claim, complete, new_job, progress, states, submit
+from tests.store.kit import (
+    LEASE_S,
+    claim,
+    complete,
+    holding,
+    new_job,
+    pg_store,
+    progress,
+    states,
+    submit,
+)
 from voxtrace import errors
 from voxtrace.domain import JobStatus
 from voxtrace.payloads import completed_payload
@@ -23,23 +33,17 @@ from voxtrace.store.base import JobStore
 # ------------------------------------------------------------------------ postgres only
 
 
-def _pg_store(schema: str, *options: str) -> Any:
-    from voxtrace.store.postgres import PostgresJobStore
-
-    return PostgresJobStore(in_schema(schema, *options))
-
-
 def test_postgres_keeps_jobs_across_reopening(pg_schema: str) -> None:
     from voxtrace.store.postgres import SCHEMA_VERSION as PG_SCHEMA_VERSION
 
-    first = _pg_store(pg_schema)
+    first = pg_store(pg_schema)
     assert first.schema == pg_schema
     submit(first, "a")
     job_id, attempt = claim(first)
     progress(first, job_id, attempt, 30)
     first.close()
 
-    second = _pg_store(pg_schema)  # schema creation is idempotent
+    second = pg_store(pg_schema)  # schema creation is idempotent
     job = second.get("a")
     assert job is not None
     assert (job.status, job.progress, job.worker_id) == (JobStatus.PROCESSING, 30, "w1")
@@ -55,7 +59,7 @@ def test_postgres_keeps_jobs_across_reopening(pg_schema: str) -> None:
 
 def test_postgres_keeps_the_results_key_order(pg_schema: str) -> None:
     """JSON, not JSONB: the stored result reads back in the order it was written."""
-    store = _pg_store(pg_schema)
+    store = pg_store(pg_schema)
     submit(store, "a")
     job_id, attempt = claim(store)
     result = {"segments": [], "metadata": {"zeta": 1, "alpha": 2}}
@@ -69,11 +73,11 @@ def test_postgres_keeps_the_results_key_order(pg_schema: str) -> None:
 
 def test_postgres_needs_an_existing_schema(pg_schema: str) -> None:
     with pytest.raises(ValueError, match="no schema"):
-        _pg_store(pg_schema + "_missing")
+        pg_store(pg_schema + "_missing")
 
 
 def test_postgres_the_database_refuses_a_second_terminal_callback(pg_schema: str) -> None:
-    store = _pg_store(pg_schema)
+    store = pg_store(pg_schema)
     submit(store, "a")
     job_id, attempt = claim(store)
     complete(store, job_id, attempt)
@@ -92,7 +96,7 @@ def test_postgres_two_machines_never_claim_the_same_job(pg_schema: str) -> None:
     """Two stores (two machines' connections), two threads each, race for 120 jobs."""
     import threading
 
-    stores = [_pg_store(pg_schema), _pg_store(pg_schema)]
+    stores = [pg_store(pg_schema), pg_store(pg_schema)]
     job_ids = [f"job-{i:03d}" for i in range(120)]
     for n, job_id in enumerate(job_ids):
         stores[n % 2].submit(new_job(job_id), max_unfinished=1000, now=1.0 + n)
@@ -125,7 +129,7 @@ def test_postgres_two_machines_never_claim_the_same_job(pg_schema: str) -> None:
 
 def test_postgres_claim_skips_a_row_another_session_holds(pg_schema: str) -> None:
     """SKIP LOCKED: a claim does not wait for (or take) a job another claim has locked."""
-    store = _pg_store(pg_schema)
+    store = pg_store(pg_schema)
     submit(store, "first", "second")
     with psycopg.connect(in_schema(pg_schema)) as other:  # a transaction left open
         other.execute("SELECT 1 FROM voxtrace_jobs WHERE job_id = 'first' FOR UPDATE")
@@ -143,7 +147,7 @@ def _finished_job(store: JobStore, job_id: str) -> None:
 
 
 def test_postgres_one_dispatcher_delivers_the_others_stand_by(pg_schema: str) -> None:
-    first, second = _pg_store(pg_schema), _pg_store(pg_schema)
+    first, second = pg_store(pg_schema), pg_store(pg_schema)
     _finished_job(first, "a")
     (item,) = first.due_callbacks(now=100.0, limit=10)
     assert second.due_callbacks(now=100.0, limit=10) == []  # first delivers
@@ -159,7 +163,7 @@ def test_postgres_one_dispatcher_delivers_the_others_stand_by(pg_schema: str) ->
 def test_postgres_racing_dispatchers_elect_one(pg_schema: str) -> None:
     import threading
 
-    stores = [_pg_store(pg_schema) for _ in range(4)]
+    stores = [pg_store(pg_schema) for _ in range(4)]
     _finished_job(stores[0], "a")
     start = threading.Barrier(len(stores))
     got: list[int] = [0] * len(stores)
@@ -211,7 +215,7 @@ def _poll(call: Any, timeout_s: float = 10.0) -> Any:
 
 
 def test_postgres_a_dispatcher_whose_session_dies_is_replaced(pg_schema: str) -> None:
-    first, second = _pg_store(pg_schema), _pg_store(pg_schema)
+    first, second = pg_store(pg_schema), pg_store(pg_schema)
     _finished_job(first, "a")
     (item,) = first.due_callbacks(now=100.0, limit=10)
     backend_pid = first._dispatch_conn.info.backend_pid
@@ -227,7 +231,7 @@ def test_postgres_reconnects_after_the_server_drops_its_sessions(
     pg_schema: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A server restart or failover: idle pooled connections die; the next call works."""
-    store = _pg_store(pg_schema)
+    store = pg_store(pg_schema)
     submit(store, "a")
     assert store.get("a") is not None
     assert _terminate_sessions(pg_schema) >= 1
@@ -245,7 +249,7 @@ def test_postgres_an_unreachable_store_never_logs_its_password(
     from voxtrace.store.postgres import PostgresJobStore
 
     url = "postgresql://voxtrace:hunter2-secret@127.0.0.1:1/jobs?connect_timeout=2"
-    with pytest.raises(errors.CapacityExceeded) as raised:
+    with pytest.raises(errors.StoreUnavailable) as raised:
         PostgresJobStore(url)
     assert raised.value.message == "Job store unavailable; retry later"
     assert "hunter2" not in str(raised.value)
@@ -256,11 +260,11 @@ def test_postgres_an_unreachable_store_never_logs_its_password(
 def test_postgres_a_read_only_store_reads_but_is_not_writable(pg_schema: str) -> None:
     """A read-only server (a standby, a full disk's emergency mode) shows up in /health,
     and a submission is refused with the project's 503 error, not a library error."""
-    _pg_store(pg_schema).close()  # the tables exist
-    store = _pg_store(pg_schema, "default_transaction_read_only=on")
+    pg_store(pg_schema).close()  # the tables exist
+    store = pg_store(pg_schema, "default_transaction_read_only=on")
     assert store.get("a") is None
     assert not store.check_writable()
-    with pytest.raises(errors.CapacityExceeded):
+    with pytest.raises(errors.StoreUnavailable):
         store.submit(new_job("a"), max_unfinished=10, now=1.0)
     store.close()
 
@@ -277,14 +281,14 @@ def _setting(store: Any, name: str, dispatcher: bool = False) -> str:
 def test_postgres_sessions_get_a_statement_and_lock_timeout_unless_the_url_sets_them(
     pg_schema: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    store = _pg_store(pg_schema)
+    store = pg_store(pg_schema)
     assert store.schema == pg_schema  # the URL's own options are kept
     for dispatcher in (False, True):
         assert _setting(store, "statement_timeout", dispatcher) == "30s"
         assert _setting(store, "lock_timeout", dispatcher) == "10s"
         assert _setting(store, "idle_in_transaction_session_timeout", dispatcher) == "1min"
     store.close()
-    store = _pg_store(pg_schema, "statement_timeout=0", "lock_timeout=2500")  # the URL wins
+    store = pg_store(pg_schema, "statement_timeout=0", "lock_timeout=2500")  # the URL wins
     assert (_setting(store, "statement_timeout"), _setting(store, "lock_timeout")) == (
         "0",
         "2500ms",
@@ -302,14 +306,6 @@ def test_postgres_sessions_get_a_statement_and_lock_timeout_unless_the_url_sets_
     store.close()
 
 
-def _holding(schema: str, *statements: str) -> psycopg.Connection[Any]:
-    """Another session, its transaction left open after `statements` (it holds their locks)."""
-    other = psycopg.connect(in_schema(schema))
-    for statement in statements:
-        other.execute(statement)
-    return other
-
-
 def test_postgres_a_statement_stuck_behind_a_lock_is_cut_off(
     pg_schema: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -317,12 +313,12 @@ def test_postgres_a_statement_stuck_behind_a_lock_is_cut_off(
     wait out; the session goes back to the pool and works once the lock is gone."""
     import time
 
-    store = _pg_store(pg_schema, "statement_timeout=400", "lock_timeout=0")
+    store = pg_store(pg_schema, "statement_timeout=400", "lock_timeout=0")
     submit(store, "a")
     job_id, attempt = claim(store)
-    other = _holding(pg_schema, "SELECT 1 FROM voxtrace_jobs WHERE job_id = 'a' FOR UPDATE")
+    other = holding(pg_schema, "SELECT 1 FROM voxtrace_jobs WHERE job_id = 'a' FOR UPDATE")
     started = time.monotonic()
-    with pytest.raises(errors.CapacityExceeded, match="Job store unavailable"):
+    with pytest.raises(errors.StoreUnavailable, match="Job store unavailable"):
         store.heartbeat(job_id, "w1", attempt, LEASE_S, now=11.0)
     assert 0.3 < time.monotonic() - started < 5
     assert "QueryCanceled" in caplog.text
@@ -337,10 +333,10 @@ def test_postgres_submit_waits_for_its_lock_only_so_long(pg_schema: str) -> None
     (the API's 503, which the backend retries)."""
     import time
 
-    store = _pg_store(pg_schema, "lock_timeout=300")
-    other = _holding(pg_schema, f"SELECT pg_advisory_xact_lock({store._submit_key})")
+    store = pg_store(pg_schema, "lock_timeout=300")
+    other = holding(pg_schema, f"SELECT pg_advisory_xact_lock({store._submit_key})")
     started = time.monotonic()
-    with pytest.raises(errors.CapacityExceeded, match="Job store unavailable"):
+    with pytest.raises(errors.StoreUnavailable, match="Job store unavailable"):
         submit(store, "a")
     assert time.monotonic() - started < 5
     other.rollback()
@@ -351,12 +347,12 @@ def test_postgres_submit_waits_for_its_lock_only_so_long(pg_schema: str) -> None
 
 
 def test_postgres_a_dispatcher_keeps_its_lock_through_a_timed_out_poll(pg_schema: str) -> None:
-    first = _pg_store(pg_schema, "lock_timeout=300")
-    second = _pg_store(pg_schema, "lock_timeout=300")
+    first = pg_store(pg_schema, "lock_timeout=300")
+    second = pg_store(pg_schema, "lock_timeout=300")
     _finished_job(first, "a")
     (item,) = first.due_callbacks(now=100.0, limit=10)
-    other = _holding(pg_schema, "LOCK TABLE voxtrace_outbox IN ACCESS EXCLUSIVE MODE")
-    with pytest.raises(errors.CapacityExceeded):
+    other = holding(pg_schema, "LOCK TABLE voxtrace_outbox IN ACCESS EXCLUSIVE MODE")
+    with pytest.raises(errors.StoreUnavailable):
         first.due_callbacks(now=100.0, limit=10)
     assert second.due_callbacks(now=100.0, limit=10) == []  # no hand-over: first still delivers
     other.rollback()
@@ -381,7 +377,7 @@ def _claim_in_child(store: Any, out: str) -> None:
 def test_postgres_a_forked_child_leaves_the_parents_connections_alone(
     pg_schema: str, tmp_path: Path
 ) -> None:
-    store = _pg_store(pg_schema)
+    store = pg_store(pg_schema)
     submit(store, "a", "b")
     parent_backend = store._read(lambda conn: conn.info.backend_pid)
     out = tmp_path / "child.txt"

@@ -9,6 +9,8 @@ hold no closure over the factory's arguments and can be read (and tested) on the
 from __future__ import annotations
 
 import hmac
+import os
+from pathlib import Path
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -18,7 +20,16 @@ from voxtrace.config import Settings
 from voxtrace.errors import RateLimited, Unauthorized
 from voxtrace.store.base import JobStore
 
-__all__ = ["AppSettings", "Authorized", "Limited", "Store", "has_api_key"]
+__all__ = [
+    "AppSettings",
+    "Authorized",
+    "DataDir",
+    "DataDirGuard",
+    "HasApiKey",
+    "Limited",
+    "Store",
+    "has_api_key",
+]
 
 
 def get_store(request: Request) -> JobStore:
@@ -57,9 +68,40 @@ def has_api_key(request: Request, settings: AppSettings) -> bool:
     return hmac.compare_digest(given.encode(), expected.encode())
 
 
-def require_api_key(has_key: Annotated[bool, Depends(has_api_key)]) -> None:
+HasApiKey = Annotated[bool, Depends(has_api_key)]
+
+
+def require_api_key(has_key: HasApiKey) -> None:
     if not has_key:
         raise Unauthorized()
+
+
+class DataDirGuard:
+    """Notices the data dir being deleted or replaced under a running server (the
+    SQLite file and the jobs' work files live there): from then on the server is not
+    ready and refuses submissions, instead of writing into files nobody can see."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self._identity = self._stat()  # None: there was none at start; nothing to watch
+
+    def _stat(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.data_dir)
+        except OSError:
+            return None
+        return st.st_dev, st.st_ino
+
+    def ok(self) -> bool:
+        return self._identity is None or self._stat() == self._identity
+
+
+def get_data_dir(request: Request) -> DataDirGuard:
+    guard: DataDirGuard = request.app.state.data_dir
+    return guard
+
+
+DataDir = Annotated[DataDirGuard, Depends(get_data_dir)]
 
 
 Limited = Depends(rate_limit)

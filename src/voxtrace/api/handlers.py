@@ -14,11 +14,15 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from voxtrace.api.schemas import ErrorEnvelope
-from voxtrace.errors import VoxtraceError
+from voxtrace.errors import StoreUnavailable, VoxtraceError
+from voxtrace.logs import LogRateLimit
 
 __all__ = ["ERROR_RESPONSES", "install_error_handlers"]
 
 log = logging.getLogger(__name__)
+# Store outages seen by the API: worth a warning, not one per request of a burst.
+outage_log = logging.getLogger(f"{__name__}.outage")
+outage_log.addFilter(LogRateLimit(burst=3, window_s=60.0))
 
 # The error answers of a route, for the OpenAPI document.
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -82,10 +86,19 @@ def validation_message(exc: RequestValidationError) -> str:
 
 async def _voxtrace_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, VoxtraceError)
+    if isinstance(exc, StoreUnavailable):
+        outage_log.warning(
+            "%s %s answered 503: job store unavailable (%s)",
+            request.method,
+            request.url.path,
+            exc.__cause__ or exc.message,
+        )
     headers: dict[str, str] = {}
     if exc.retry_after_s is not None:
         headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
     job_id = exc.job_id or await _job_id_of(request)
+    if job_id is None and isinstance(exc, StoreUnavailable):  # GET /api/jobs/{job_id}
+        job_id = request.path_params.get("job_id")
     return envelope(exc.http_status, exc.code, exc.message, job_id, **headers)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -57,59 +58,94 @@ def error_response_bytes(code: str, message: str, job_id: str | None = None) -> 
 
 
 class BodySizeLimit:
-    """ASGI middleware: refuse bodies over `max_bytes` (413), also when streamed
-    without Content-Length, before the application reads them."""
+    """ASGI middleware: refuse a body over its route's limit (413) before the app parses
+    any of it: at once when Content-Length says so, else as soon as the streamed bytes
+    pass the limit (nothing is buffered here). A body that takes longer than
+    `body_timeout_s` to arrive is refused with 408. Either way the connection closes.
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    `route_limits` maps exact paths to their own limit (the submit route's body is a few
+    hundred bytes); every other path gets `max_bytes` (the contract's ceiling).
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_bytes: int,
+        route_limits: dict[str, int] | None = None,
+        body_timeout_s: float | None = None,
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.route_limits = dict(route_limits or {})
+        self.body_timeout_s = body_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.route_limits.get(scope.get("path", ""), self.max_bytes)
         for name, value in scope.get("headers", []):
             if name == b"content-length":
                 try:
-                    too_big = int(value) > self.max_bytes
+                    too_big = int(value) > limit
                 except ValueError:
                     too_big = False
                 if too_big:
-                    await self._refuse(send)
+                    await _refuse(send, 413, "PAYLOAD_TOO_LARGE", "Request body too large")
                     return
 
-        # No Content-Length (chunked): read the body here, counting, and replay it.
-        messages: list[Message] = []
+        loop = asyncio.get_running_loop()
+        deadline = None if self.body_timeout_s is None else loop.time() + self.body_timeout_s
         seen = 0
-        while True:
-            message = await receive()
-            messages.append(message)
-            if message["type"] != "http.request":
-                break
-            seen += len(message.get("body", b""))
-            if seen > self.max_bytes:
-                await self._refuse(send)
+        body_done = False
+        answered = False  # our refusal went out: the app's own answer is dropped
+        started = False
+
+        async def guarded_receive() -> Message:
+            nonlocal seen, body_done, answered
+            if answered:
+                return {"type": "http.disconnect"}
+            if body_done or deadline is None:
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+            except TimeoutError:
+                if not started:
+                    answered = True
+                    await _refuse(send, 408, "INVALID_REQUEST", "Request body not received in time")
+                return {"type": "http.disconnect"}
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    if not started:
+                        answered = True
+                        await _refuse(send, 413, "PAYLOAD_TOO_LARGE", "Request body too large")
+                    return {"type": "http.disconnect"}
+                body_done = not message.get("more_body", False)
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal started
+            if answered:
                 return
-            if not message.get("more_body", False):
-                break
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
 
-        async def replay() -> Message:
-            return messages.pop(0) if messages else await receive()
+        await self.app(scope, guarded_receive, guarded_send)
 
-        await self.app(scope, replay, send)
 
-    @staticmethod
-    async def _refuse(send: Send) -> None:
-        body = error_response_bytes("PAYLOAD_TOO_LARGE", "Request body too large")
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+async def _refuse(send: Send, status: int, code: str, message: str) -> None:
+    body = error_response_bytes(code, message)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse, Response
 
 from voxtrace import __version__, metrics
 from voxtrace.api import admission
-from voxtrace.api.deps import AppSettings, Authorized, Limited, Store
+from voxtrace.api.deps import AppSettings, Authorized, DataDir, HasApiKey, Limited, Store
 from voxtrace.api.handlers import ERROR_RESPONSES
 from voxtrace.api.schemas import (
     HealthPublic,
@@ -27,7 +27,7 @@ from voxtrace.api.schemas import (
 from voxtrace.config import Settings
 from voxtrace.contract import ACCEPTED_MESSAGE
 from voxtrace.domain import JobOptions, JobStatus, NewJob
-from voxtrace.errors import JobNotFound, RequestError, VoxtraceError
+from voxtrace.errors import JobNotFound, RequestError, StoreUnavailable, VoxtraceError
 from voxtrace.logs import redact_url
 from voxtrace.netpolicy import host_matches
 from voxtrace.store.base import JobStore
@@ -49,7 +49,7 @@ router = APIRouter()
     summary="Submit a video for processing (answers at once; results come by callback)",
 )
 def process_video(
-    body: ProcessVideoRequest, store: Store, settings: AppSettings
+    body: ProcessVideoRequest, store: Store, settings: AppSettings, data_dir: DataDir
 ) -> ProcessVideoAccepted:
     url = urlsplit(body.video_url)
     if url.scheme == "http" and not host_matches(url.hostname or "", settings.allow_http_hosts):
@@ -70,6 +70,9 @@ def process_video(
         max_speakers=body.max_speakers,
     )
     try:
+        if not data_dir.ok():
+            gone = FileNotFoundError(f"the data dir {settings.data_dir} is gone or replaced")
+            raise StoreUnavailable() from gone
         existing = store.get(body.job_id)
         if existing is None:  # a resubmission is answered even on a full disk
             admission.check_disk_floor(settings)
@@ -116,8 +119,8 @@ def get_job(job_id: str, store: Store) -> JobPublic:
 
 
 @router.get("/api/queue", response_model=QueuePublic, summary="Queue depth, capacity, workers")
-def get_queue(store: Store, settings: AppSettings) -> QueuePublic:
-    return queue_public(store, settings)
+def get_queue(store: Store, settings: AppSettings, has_key: HasApiKey) -> QueuePublic:
+    return queue_public(store, settings, show_jobs=has_key)
 
 
 @router.get(
@@ -132,9 +135,12 @@ def get_metrics(store: Store, settings: AppSettings) -> Response:
 
 
 @router.get("/health", response_model=HealthPublic, summary="Liveness and readiness")
-def health(store: Store, settings: AppSettings) -> JSONResponse:
-    writable = store.check_writable()
-    queue = queue_public(store, settings)
+def health(
+    store: Store, settings: AppSettings, data_dir: DataDir, has_key: HasApiKey
+) -> JSONResponse:
+    present = data_dir.ok()
+    writable = present and store.check_writable()
+    queue = queue_public(store, settings, show_jobs=has_key)
     # Ready means this node's own workers have their models: on a shared PostgreSQL
     # store the queue also lists other machines' workers, which say nothing about us.
     workers_ok = settings.worker_processes == 0 or any(
@@ -142,6 +148,7 @@ def health(store: Store, settings: AppSettings) -> JSONResponse:
         for w in queue.workers
     )
     checks = {
+        "data_dir_present": present,
         "store_writable": writable,
         "workers_alive": workers_ok,
         "models_loaded": workers_ok,
@@ -157,10 +164,15 @@ def health(store: Store, settings: AppSettings) -> JSONResponse:
     return JSONResponse(body.model_dump(), status_code=200 if writable else 503)
 
 
-def queue_public(store: JobStore, settings: Settings) -> QueuePublic:
-    """The queue as `/api/queue` and `/health` show it."""
+def queue_public(store: JobStore, settings: Settings, show_jobs: bool) -> QueuePublic:
+    """The queue as `/api/queue` and `/health` show it: counts for anyone; which job each
+    worker runs only for a caller with the API key (when one is set): a job id names the
+    job's status, result and media."""
     queue = admission.snapshot(store, settings)
     stats = queue.stats
+    workers = [dict(w) for w in queue.workers]
+    if not show_jobs:
+        workers = [{k: v for k, v in w.items() if k != "job_id"} for w in workers]
     return QueuePublic(
         accepted=stats.accepted,
         processing=stats.processing,
@@ -172,5 +184,5 @@ def queue_public(store: JobStore, settings: Settings) -> QueuePublic:
         running_slots=queue.slots,
         estimated_wait_s=queue.wait_s(ahead=stats.unfinished),
         callbacks_pending=stats.callbacks_pending,
-        workers=[dict(w) for w in queue.workers],
+        workers=workers,
     )

@@ -29,9 +29,36 @@ MAX_URL_LENGTH = 4096
 # http(s), a host name or IPv4 address (no credentials), a port in 0..65535, no spaces.
 _PORT = r"(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4})"
 VIDEO_URL_PATTERN = (
-    r"^[Hh][Tt][Tt][Pp][Ss]?://[A-Za-z0-9][A-Za-z0-9.-]*(?::" + _PORT + r")?(?:[/?#]\S*)?$"
+    r"^[Hh][Tt][Tt][Pp][Ss]?://[A-Za-z0-9][A-Za-z0-9.-]*(?::"
+    + _PORT
+    + r")?(?:[/?#][^\s\x00-\x1f\x7f-\x9f]*)?$"
 )
-_LANGUAGE = re.compile(r"^[a-z]{2,3}$")
+# C0 and C1 control characters (NUL, ESC, DEL, ...): they end up in logs, terminals and
+# the downloader's request line, and no real URL carries them unencoded.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# The languages Whisper knows (faster-whisper's `tokenizer._LANGUAGE_CODES`; a test
+# keeps the two equal). Anything else would fail only after download and decoding.
+# fmt: off
+WHISPER_LANGUAGES = frozenset((
+    "af", "am", "ar", "as", "az", "ba", "be", "bg", "bn", "bo", "br", "bs", "ca", "cs", "cy",
+    "da", "de", "el", "en", "es", "et", "eu", "fa", "fi", "fo", "fr", "gl", "gu", "ha", "haw",
+    "he", "hi", "hr", "ht", "hu", "hy", "id", "is", "it", "ja", "jw", "ka", "kk", "km", "kn",
+    "ko", "la", "lb", "ln", "lo", "lt", "lv", "mg", "mi", "mk", "ml", "mn", "mr", "ms", "mt",
+    "my", "ne", "nl", "nn", "no", "oc", "pa", "pl", "ps", "pt", "ro", "ru", "sa", "sd", "si",
+    "sk", "sl", "sn", "so", "sq", "sr", "su", "sv", "sw", "ta", "te", "tg", "th", "tk", "tl",
+    "tr", "tt", "uk", "ur", "uz", "vi", "yi", "yo", "zh", "yue",
+))
+# fmt: on
+
+
+def _any_case(word: str) -> str:
+    return "".join(f"[{c.upper()}{c}]" for c in word)
+
+
+# In the OpenAPI schema and enforced: "auto", one of Whisper's codes (any case), or "".
+LANGUAGE_PATTERN = (
+    "^(?:" + "|".join(_any_case(w) for w in ("auto", *sorted(WHISPER_LANGUAGES))) + ")?$"
+)
 
 
 class ProcessVideoRequest(BaseModel):
@@ -51,8 +78,8 @@ class ProcessVideoRequest(BaseModel):
     )
     language: str | None = Field(
         None,
-        pattern=r"^(?:[Aa][Uu][Tt][Oo]|[A-Za-z]{2,3})?$",
-        description='"auto" or an ISO 639-1 code such as "ko"',
+        pattern=LANGUAGE_PATTERN,
+        description='"auto" or a Whisper language code (ISO 639-1 such as "ko")',
     )
     num_speakers: int | None = Field(None, ge=1, le=32)
     min_speakers: int | None = Field(None, ge=1, le=32)
@@ -64,6 +91,8 @@ class ProcessVideoRequest(BaseModel):
         """Clear messages for the common mistakes; the documented pattern decides the rest."""
         if not isinstance(value, str):
             return value
+        if _CONTROL.search(value):
+            raise ValueError("video_url must not contain control characters")
         try:
             parts = urlsplit(value)
         except ValueError as exc:
@@ -88,8 +117,8 @@ class ProcessVideoRequest(BaseModel):
         value = value.strip().lower()
         if value in ("", "auto"):
             return None
-        if not _LANGUAGE.match(value):
-            raise ValueError('language must be "auto" or an ISO language code')
+        if value not in WHISPER_LANGUAGES:
+            raise ValueError('language must be "auto" or a language code Whisper knows')
         return value
 
     @field_validator("num_speakers", "min_speakers", "max_speakers", mode="before")

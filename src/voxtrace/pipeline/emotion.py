@@ -1,10 +1,12 @@
-"""Per-segment emotion: a text classifier for English, nudged by the voice's arousal.
+"""Per-segment emotion: a multilingual text classifier, nudged by the voice's arousal.
 
 Two sources, combined in log space:
 
-* Text (English only): the calibrated MiniLM + head model of `voxtrace.models.emotion`.
-  Other languages have no text model here, so they get an honest low-confidence answer:
-  a neutral-leaning prior (neutral 0.5, the six emotions 1/12 each) that only the voice
+* Text, in every language the encoder covers (`EmotionModel.covers`: Korean, English and
+  the other ~100 languages of multilingual-e5): the calibrated e5 + head model of
+  `voxtrace.models.emotion` (`source: "text"`). Languages it does not cover (and an
+  unknown language) get an honest low-confidence answer instead (`source: "voice"`): a
+  neutral-leaning prior (neutral 0.5, the six emotions 1/12 each) that only the voice
   moves, never above 0.5 for any class.
 * Voice: how much louder and higher a segment is than its speaker's own baseline (the
   median over all of that speaker's words). Loud, high speech signals arousal, which
@@ -139,17 +141,14 @@ def prosody_only_probabilities(arousal: SegmentArousal | None) -> FloatArray:
     return probs
 
 
-def _is_english(language: str) -> bool:
-    return language.strip().lower().split("-")[0].split("_")[0] in ("en", "english")
-
-
-def _emotion(probs: FloatArray) -> Emotion:
+def _emotion(probs: FloatArray, source: str) -> Emotion:
     probs = probs / probs.sum()
     best = int(np.argmax(probs))
     return Emotion(
         label=EMOTION_LABELS[best],
         confidence=float(probs[best]),
         probabilities={label: float(p) for label, p in zip(EMOTION_LABELS, probs, strict=True)},
+        source=source,
     )
 
 
@@ -161,15 +160,19 @@ def classify_segments(
 ) -> list[Emotion]:
     """One Emotion per text; `arousal[i]` (None = no voice information) belongs to texts[i].
 
-    `language` is the transcription's language code: only English uses the text model.
-    All English texts go through the encoder in one batched call.
+    `language` is the transcription's language code: text in a language the encoder
+    covers uses the text model, the rest (and empty texts) the voice-only fallback. All
+    distinct texts go through the encoder in batched calls.
     """
     if len(texts) != len(arousal):
         raise ValueError("texts and arousal must have the same length")
-    use_text = [_is_english(language) and bool(t.strip()) for t in texts]
-    text_indices = [i for i, ok in enumerate(use_text) if ok]
-    text_probs = model.predict_proba([texts[i].strip() for i in text_indices])
-    by_index = dict(zip(text_indices, text_probs.astype(np.float64), strict=True))
+    covered = model.covers(language)
+    text_indices = [i for i, t in enumerate(texts) if covered and t.strip()]
+    # Each distinct text once: conversation repeats its backchannels ("네.", "Yeah.").
+    unique = sorted({texts[i].strip() for i in text_indices})
+    probs = model.predict_proba(unique, language).astype(np.float64)
+    by_text = dict(zip(unique, probs, strict=True))
+    by_index = {i: by_text[texts[i].strip()] for i in text_indices}
 
     emotions = []
     for i, voice in enumerate(arousal):
@@ -177,9 +180,9 @@ def classify_segments(
             probs = by_index[i]
             if voice is not None:
                 probs = adjust_for_arousal(probs, voice.arousal)
+            emotions.append(_emotion(probs, "text"))
         else:
-            probs = prosody_only_probabilities(voice)
-        emotions.append(_emotion(probs))
+            emotions.append(_emotion(prosody_only_probabilities(voice), "voice"))
     return emotions
 
 

@@ -142,9 +142,11 @@ def fetch(url: str, dest_dir: Path, opts: FetchOptions) -> Path:
     suffix = Path(filename_from_url(url)).suffix[:10]
     target = dest_dir / f"download{suffix}"
     timeout = httpx.Timeout(opts.read_timeout_s, connect=opts.connect_timeout_s)
-    headers = {"User-Agent": opts.user_agent}
-    backend = netguard.PinnedBackend()
+    # Media is stored as sent: never ask for, nor decode, a compressed body (a 13-MB
+    # gzip answer can decode to gigabytes before any size check sees them).
+    headers = {"User-Agent": opts.user_agent, "Accept-Encoding": "identity"}
     deadline = None if opts.total_timeout_s is None else time.monotonic() + opts.total_timeout_s
+    backend = netguard.PinnedBackend(deadline)
     try:
         with httpx.Client(
             transport=netguard.pinned_transport(backend),
@@ -171,6 +173,11 @@ def fetch(url: str, dest_dir: Path, opts: FetchOptions) -> Path:
                             else DownloadError
                         )
                         raise kind(f"Failed to download video (HTTP {response.status_code})")
+                    encoding = response.headers.get("content-encoding", "").strip().lower()
+                    if encoding not in ("", "identity"):
+                        raise DownloadError(
+                            "Failed to download video: the server sent compressed content"
+                        )
                     _stream_to_file(response, target, opts.max_bytes, deadline)
                     logger.info("Downloaded %s", redact_url(str(current)))
                     return target
@@ -204,8 +211,9 @@ def _stream_to_file(
         raise DownloadError("Video file exceeds the maximum allowed size")
     written = 0
     with target.open("wb") as out:
-        # Unchunked: each network read comes through, so the deadline is seen in time.
-        for chunk in response.iter_bytes():
+        # Raw: exactly the bytes on the wire (never content-decoded), one network read
+        # at a time, each counted against the cap before it is written.
+        for chunk in response.iter_raw():
             written += len(chunk)
             if written > max_bytes:
                 raise DownloadError("Video file exceeds the maximum allowed size")

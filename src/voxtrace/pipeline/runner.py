@@ -29,7 +29,7 @@ from voxtrace.domain import JobOptions, Result, Segment, SpeakerTurn, SpeechRegi
 from voxtrace.errors import AudioExtractionError, MediaTooLong
 from voxtrace.models import ModelBundle
 from voxtrace.pipeline.assemble import DEFAULT_SPEAKER, SegmentRules, build_segments
-from voxtrace.pipeline.audio import SAMPLE_RATE, AudioOptions, extract_audio, probe
+from voxtrace.pipeline.audio import SAMPLE_RATE, AudioOptions, extract_audio_streams, probe
 from voxtrace.pipeline.fetch import FetchOptions, fetch, filename_from_url
 from voxtrace.pipeline.prosody import measure_words
 from voxtrace.pipeline.transcribe import TranscribeOptions, transcribe
@@ -145,13 +145,19 @@ def run_pipeline(
         raise AudioExtractionError("Audio extraction failed: no audio stream")
     if info.duration_s is not None and info.duration_s > opts.audio.max_duration_s:
         raise MediaTooLong()
-    samples = extract_audio(
-        media_path, work_dir, opts.audio.ffmpeg_timeout_s, opts.audio.max_duration_s
+    tracks = extract_audio_streams(
+        media_path,
+        work_dir,
+        opts.audio.ffmpeg_timeout_s,
+        opts.audio.max_duration_s,
+        info.demuxer or None,
+        info.audio_streams,
     )
-    duration_s = max(info.duration_s or 0.0, samples.shape[0] / SAMPLE_RATE)
+    duration_s = max(info.duration_s or 0.0, max(t.shape[0] for t in tracks) / SAMPLE_RATE)
 
     progress.stage("vad")
-    regions = detect_speech(samples, opts.vad)
+    samples, regions = _track_with_speech(tracks, opts.vad)
+    del tracks
     logger.info("Found %d speech regions", len(regions))
 
     progress.stage("speakers")
@@ -186,6 +192,30 @@ def run_pipeline(
     )
     progress.finish()
     return result
+
+
+def _track_with_speech(
+    tracks: Sequence[npt.NDArray[np.float32]], vad: VadOptions
+) -> tuple[npt.NDArray[np.float32], list[SpeechRegion]]:
+    """The audio track with the most speech, and its speech regions.
+
+    A file may carry music or silence on its first track and the voices on another (a
+    dub, a commentary, a recorder's second microphone): the first track alone would
+    give an empty transcript. Ties keep the earlier (default) track.
+    """
+    best = (tracks[0], detect_speech(tracks[0], vad))
+    best_speech_s = _speech_s(best[1])
+    for index, track in enumerate(tracks[1:], start=1):
+        regions = detect_speech(track, vad)
+        speech_s = _speech_s(regions)
+        if speech_s > best_speech_s:
+            logger.info("Audio track %d has the most speech (%.1f s)", index, speech_s)
+            best, best_speech_s = (track, regions), speech_s
+    return best
+
+
+def _speech_s(regions: Sequence[SpeechRegion]) -> float:
+    return sum(r.end_s - r.start_s for r in regions)
 
 
 def _speaker_turns(

@@ -72,11 +72,33 @@ class _Callback:
         )
 
 
+class _OutageLock:
+    """The store's one lock; taking it is where the memory store's "I/O" happens."""
+
+    def __init__(self, store: MemoryJobStore) -> None:
+        self._store = store
+        self._lock = threading.RLock()
+
+    def __enter__(self) -> None:
+        if self._store.outage:
+            raise errors.StoreUnavailable()
+        self._lock.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+
 class MemoryJobStore(JobStore):
-    """`JobStore` in dicts; thread-safe, not shared between processes."""
+    """`JobStore` in dicts; thread-safe, not shared between processes.
+
+    `outage` stands in for the I/O the other backends do: while it is set, every call
+    raises `StoreUnavailable` before touching anything, as a dead disk or database
+    would (the contract suite breaks each backend its own way).
+    """
 
     def __init__(self) -> None:
-        self._lock = threading.RLock()
+        self._lock = _OutageLock(self)
+        self.outage = False
         self._jobs: dict[str, Job] = {}  # insertion order breaks created_at ties
         self._outbox: dict[int, _Callback] = {}
         self._workers: dict[str, tuple[WorkerInfo, float]] = {}
@@ -431,4 +453,4 @@ class MemoryJobStore(JobStore):
             ]
 
     def check_writable(self) -> bool:
-        return True
+        return not self.outage

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from voxtrace.errors import CapacityExceeded
+from voxtrace.errors import StoreUnavailable
 from voxtrace.retry import compute_backoff
 
 __all__ = ["STORE_UNAVAILABLE", "StoreOutage", "WorkerStopping"]
@@ -26,11 +26,11 @@ log = logging.getLogger(__name__)
 STORE_RETRY_BASE_S = 0.5
 STORE_RETRY_CAP_S = 5.0
 
-# What the stores raise when they cannot be reached or written: PostgreSQL translates
-# its connection errors into CapacityExceeded ("Job store unavailable; retry later");
-# SQLite lets sqlite3.OperationalError through (locked past its busy timeout, an I/O
-# error, a full disk, a file it cannot open).
-STORE_UNAVAILABLE: tuple[type[Exception], ...] = (CapacityExceeded, sqlite3.OperationalError)
+# What the stores raise when they cannot be reached or written: every backend translates
+# its own failures (PostgreSQL's connection errors and timeouts, SQLite's locked past its
+# busy timeout, I/O errors, a full disk, a file it cannot open) into StoreUnavailable;
+# sqlite3.OperationalError stays listed for a failure outside a statement (a cursor).
+STORE_UNAVAILABLE: tuple[type[Exception], ...] = (StoreUnavailable, sqlite3.OperationalError)
 
 _T = TypeVar("_T")
 
@@ -62,11 +62,12 @@ class StoreOutage:
             if starts:
                 self._since = time.monotonic()
         if starts:
+            cause = exc.__cause__ or exc  # the backend's own error says more than ours
             log.warning(
                 "%s: job store unavailable (%s: %s); waiting for it, retrying up to every %.0f s",
                 self._who,
-                type(exc).__name__,
-                exc,
+                type(cause).__name__,
+                cause,
                 STORE_RETRY_CAP_S,
             )
         return compute_backoff(failures, STORE_RETRY_BASE_S, STORE_RETRY_CAP_S, jitter=0.5)

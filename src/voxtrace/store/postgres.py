@@ -243,7 +243,7 @@ class PostgresJobStore(JobStore):
     def _scrub(self, text: str) -> str:
         return text.replace(self._password, "<redacted>") if self._password else text
 
-    def _unavailable(self, exc: BaseException) -> errors.CapacityExceeded:
+    def _unavailable(self, exc: BaseException) -> errors.StoreUnavailable:
         """The project's error for a store that cannot be reached or written; the
         detail goes to the log (redacted URL, no password), not to clients.
 
@@ -260,7 +260,7 @@ class PostgresJobStore(JobStore):
             type(exc).__name__,
             self._scrub(str(exc)).strip(),
         )
-        return errors.CapacityExceeded(_UNAVAILABLE)
+        return errors.StoreUnavailable(_UNAVAILABLE)
 
     def _available(self) -> None:
         if self._down:
@@ -317,7 +317,7 @@ class PostgresJobStore(JobStore):
         A pooled connection found dead (the server restarted or dropped it while it sat
         idle) is replaced and `work` runs once more; so does a transaction the server
         rolled back for a deadlock or a serialization failure. Any other loss of the
-        server is `CapacityExceeded`. Running again is safe because every change is
+        server is `StoreUnavailable`. Running again is safe because every change is
         fenced: in the rare case that the connection died after the server committed
         but before it answered, the repeat finds nothing to do (a repeated `claim` would
         take a second job, and the first waits for its lease to lapse).
@@ -828,7 +828,7 @@ class PostgresJobStore(JobStore):
                     (str(os.getpid()),),
                 )
             )
-        except (errors.CapacityExceeded, psycopg.Error) as exc:
+        except (errors.StoreUnavailable, psycopg.Error) as exc:
             logger.warning("job store %s is not writable: %s", self._where, type(exc).__name__)
             return False
         return True

@@ -124,6 +124,23 @@ _FENCE = "job_id = ? AND status = 'processing' AND worker_id = ? AND attempts = 
 _DUE = "status = 'accepted' AND (not_before IS NULL OR not_before <= ?)"
 
 
+class _Connection(sqlite3.Connection):
+    """A connection whose statements fail as `StoreUnavailable` when the file cannot be
+    used (locked past the busy timeout, a full disk, an I/O error, a deleted or
+    read-only file): the one place this store's I/O happens."""
+
+    def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
+        try:
+            return super().execute(sql, parameters)
+        except sqlite3.OperationalError as exc:
+            raise _unavailable(exc) from exc
+
+
+def _unavailable(exc: sqlite3.Error) -> errors.StoreUnavailable:
+    logger.debug("job store unavailable: %s", exc)
+    return errors.StoreUnavailable()
+
+
 class SqliteJobStore(JobStore):
     """`JobStore` over one SQLite file, safe across threads and processes."""
 
@@ -144,12 +161,16 @@ class SqliteJobStore(JobStore):
 
     # ------------------------------------------------------------------ plumbing
     def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(
-            self._path,
-            timeout=self._busy_timeout_ms / 1000,
-            isolation_level=None,  # autocommit; transactions are explicit BEGIN IMMEDIATE
-            check_same_thread=False,  # only so close() may close it from another thread
-        )
+        try:
+            conn = sqlite3.connect(
+                self._path,
+                timeout=self._busy_timeout_ms / 1000,
+                isolation_level=None,  # autocommit; transactions are explicit BEGIN IMMEDIATE
+                check_same_thread=False,  # only so close() may close it from another thread
+                factory=_Connection,
+            )
+        except sqlite3.OperationalError as exc:  # cannot open: a missing or unreadable dir
+            raise _unavailable(exc) from exc
         conn.row_factory = sqlite3.Row
         conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
         conn.execute("PRAGMA journal_mode = WAL")
@@ -551,7 +572,7 @@ class SqliteJobStore(JobStore):
                     " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                     (str(os.getpid()),),
                 )
-        except sqlite3.Error as exc:
-            logger.warning("job store is not writable: %s", type(exc).__name__)
+        except (sqlite3.Error, errors.StoreUnavailable) as exc:
+            logger.warning("job store is not writable: %s", exc.__cause__ or exc)
             return False
         return True

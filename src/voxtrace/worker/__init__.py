@@ -7,6 +7,7 @@ The one place that wires the job store, the pipeline and the callbacks together:
     hooks.py       beside a running job: ProgressSink, LeaseKeeper
     process.py     worker_main (the worker process), Presence, dying with the supervisor
     supervisor.py  Supervisor with its TimeLimit, MemoryCap and RestartPolicy
+    workdir.py     each attempt's private work directory
 """
 
 from voxtrace.worker.hooks import LostOwnership
@@ -14,5 +15,16 @@ from voxtrace.worker.ids import WorkerId
 from voxtrace.worker.job import JobRunner, fail_job
 from voxtrace.worker.process import worker_main
 from voxtrace.worker.supervisor import Supervisor
+from voxtrace.worker.workdir import job_of_work_dir, job_work_dir, remove_job_dirs
 
-__all__ = ["JobRunner", "LostOwnership", "Supervisor", "WorkerId", "fail_job", "worker_main"]
+__all__ = [
+    "JobRunner",
+    "LostOwnership",
+    "Supervisor",
+    "WorkerId",
+    "fail_job",
+    "job_of_work_dir",
+    "job_work_dir",
+    "remove_job_dirs",
+    "worker_main",
+]

@@ -15,7 +15,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TypeVar
 
 from voxtrace import metrics
@@ -31,6 +30,7 @@ from voxtrace.store.base import JobStore
 from voxtrace.store.outage import StoreOutage, WorkerStopping
 from voxtrace.wiring import pipeline_options
 from voxtrace.worker.hooks import JobHooks, LostOwnership
+from voxtrace.worker.workdir import job_work_dir, remove_job_dirs
 
 __all__ = ["JobRunner", "check_free_disk", "fail_job"]
 
@@ -81,10 +81,9 @@ class JobRunner:
             self._run_logged(job)
 
     def _run_logged(self, job: Job) -> None:
-        work_dir = self.settings.work_path / job.job_id
         log.info("job %s: attempt %d started on %s", job.job_id, job.attempts, self.worker_id)
         try:
-            self._run(job, work_dir)
+            self._run(job)
         except WorkerStopping:
             log.warning(
                 "job %s: stopped before its outcome could be stored; it runs again once"
@@ -92,19 +91,17 @@ class JobRunner:
                 job.job_id,
             )
         finally:
-            shutil.rmtree(work_dir, ignore_errors=True)
+            remove_job_dirs(self.settings.work_path, job.job_id)
 
     def _stored(self, call: Callable[[], _T]) -> _T:
         return self.outage.retry(call, self.stopping)
 
-    def _run(self, job: Job, work_dir: Path) -> None:
+    def _run(self, job: Job) -> None:
         try:
             with JobHooks(self.store, job, self.worker_id, self.settings, self.outage) as report:
                 report(max(job.progress, 1), STAGES["init"][2])
                 check_free_disk(self.settings)
-                # An earlier attempt's orphaned ffmpeg may still write here: start afresh.
-                shutil.rmtree(work_dir, ignore_errors=True)
-                work_dir.mkdir(parents=True, exist_ok=True)
+                work_dir = job_work_dir(self.settings.work_path, job.job_id)
                 result = run_pipeline(
                     job.video_url,
                     work_dir,

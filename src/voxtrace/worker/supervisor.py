@@ -38,6 +38,7 @@ from voxtrace.wiring import callback_dispatcher
 from voxtrace.worker.ids import WorkerId
 from voxtrace.worker.job import fail_job
 from voxtrace.worker.process import worker_main
+from voxtrace.worker.workdir import job_of_work_dir, remove_job_dirs
 
 __all__ = ["MemoryCap", "RestartPolicy", "Supervisor", "TimeLimit"]
 
@@ -187,7 +188,7 @@ class Supervisor:
         if work.exists():
             busy = {j.job_id for j in self.store.jobs_owned_by(self.settings.node_prefix)}
             for child in work.iterdir():
-                if child.name not in busy:
+                if job_of_work_dir(child) not in busy:
                     shutil.rmtree(child, ignore_errors=True)
 
     # -- internals
@@ -306,7 +307,7 @@ class Supervisor:
 
     def _fail(self, job: Job, error: JobError) -> None:
         fail_job(self.store, job, error, time.time())
-        shutil.rmtree(self.settings.work_path / job.job_id, ignore_errors=True)
+        remove_job_dirs(self.settings.work_path, job.job_id)
 
 
 def _rss_mb(pid: int | None) -> int:
