@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import subprocess
-import sys
 import wave
 from pathlib import Path
 
@@ -23,6 +21,7 @@ from voxtrace.models.speaker import (
     kaldi_fbank,
     load_speaker_models,
 )
+from voxtrace.models.speaker_export import ensure_speaker_models
 from voxtrace.pipeline.diarize import (
     DiarizationOptions,
     SpeakerHints,
@@ -34,7 +33,6 @@ from voxtrace.pipeline.diarize import (
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).parent / "data"
-EXPORT_SCRIPT = REPO_ROOT / "scripts" / "export_speaker_models.py"
 
 pytestmark = pytest.mark.slow
 
@@ -54,12 +52,14 @@ def _whole(samples: npt.NDArray[np.float32]) -> list[SpeechRegion]:
 
 @pytest.fixture(scope="session")
 def speaker_models() -> SpeakerModels:
-    """The set-up's exported models; exported once here if missing (about a minute)."""
-    model_dir = get_settings().models_path / "speaker"
-    if not model_dir.is_absolute():
-        model_dir = REPO_ROOT / model_dir
+    """The set-up's exported models (`voxtrace setup`); exported here if missing (minutes)."""
+    settings = get_settings()
+    models_path = settings.models_path
+    if not models_path.is_absolute():
+        models_path = REPO_ROOT / models_path
+    model_dir = models_path / "speaker"
     if not (model_dir / SEGMENTATION_FILE).is_file() or not (model_dir / EMBEDDING_FILE).is_file():
-        subprocess.run([sys.executable, str(EXPORT_SCRIPT), str(model_dir)], check=True)
+        ensure_speaker_models(model_dir, REPO_ROOT / settings.data_dir / ".export-venv")
     return load_speaker_models(model_dir, threads=1)
 
 
@@ -256,7 +256,7 @@ def test_invalid_hints_are_rejected(hints: SpeakerHints) -> None:
 
 
 def test_missing_models_give_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(SpeakerModelsMissing, match="export_speaker_models"):
+    with pytest.raises(SpeakerModelsMissing, match="voxtrace setup"):
         load_speaker_models(tmp_path, threads=1)
 
 

@@ -161,6 +161,7 @@ def run_pipeline(
         duration_s=duration_s,
         language=transcription.language,
         segments=tuple(segments),
+        speaker_turns=tuple(turns),
     )
 
 
@@ -171,10 +172,11 @@ def _speaker_turns(
     job: JobOptions,
     on_progress: Callable[[float], None],
 ) -> list[SpeakerTurn]:
-    """Diarization hook: one speaker over all speech when no diarizer is loaded."""
+    """Diarization hook: one speaker over all speech when diarization is switched off."""
     if not regions:
         return []
     if models.diarizer is None:
+        logger.info("Diarization is off: every word goes to %s", DEFAULT_SPEAKER)
         return [SpeakerTurn(regions[0].start_s, regions[-1].end_s, DEFAULT_SPEAKER)]
     from voxtrace.pipeline.diarize import SpeakerHints, diarize
 
