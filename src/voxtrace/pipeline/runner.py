@@ -4,8 +4,13 @@
     initialisation                 0 – 10    (caller) models, job set-up
     audio extraction              10 – 25    fetch (URL) or local file, probe, ffmpeg
     speech detection (VAD)        25 – 40    Silero VAD
-    speaker identification        40 – 60    diarization (one speaker when no diarizer)
+    speaker identification        40 – 60    diarization (one speaker when switched off)
     transcript generation         60 – 75    faster-whisper, progress from its stream
+
+Diarization runs in a thread beside transcription (onnxruntime and CTranslate2 both
+release the GIL): on a GPU it hides entirely behind Whisper, on the CPU it fills the
+cores beam search leaves idle. Progress shows the speakers stage until it is done,
+then the transcript's, so it still climbs through the table's ranges in order.
     emotion and confidence        75 – 90    prosody, caption segments, emotion
     assembling the result         90 – 100   Result
 
@@ -16,7 +21,9 @@ and options and reports `(progress, message)` through a callable.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -133,21 +140,21 @@ def run_pipeline(
     logger.info("Found %d speech regions", len(regions))
 
     progress.stage("speakers")
-    turns = _speaker_turns(
-        samples, regions, models, job, lambda fraction: progress.within("speakers", fraction)
-    )
-
-    progress.stage("transcript")
     transcribe_opts = opts.transcribe
     if job.language:
         transcribe_opts = replace(transcribe_opts, language=job.language)
-    transcription = transcribe(
-        samples,
-        regions,
-        models.whisper,
-        transcribe_opts,
-        lambda fraction: progress.within("transcript", fraction),
-    )
+    both = _TwoStages(progress)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="diarize") as pool:
+        diarizing = pool.submit(_speaker_turns, samples, regions, models, job, both.speakers)
+        try:
+            transcription = transcribe(
+                samples, regions, models.whisper, transcribe_opts, both.transcript
+            )
+        except BaseException:
+            both.cancel()  # the diarizer stops at its next progress report
+            raise
+        turns = diarizing.result()
+        both.speakers(1.0)
 
     progress.stage("analysis")
     words = [w for seg in transcription.segments for w in seg.words]
@@ -163,6 +170,43 @@ def run_pipeline(
         segments=tuple(segments),
         speaker_turns=tuple(turns),
     )
+
+
+class _Cancelled(Exception):
+    """Stops the diarizer thread once transcription has failed."""
+
+
+class _TwoStages:
+    """Progress of diarization and transcription running side by side: the speakers
+    stage's range until diarization is done, then the transcript's (never backwards)."""
+
+    def __init__(self, progress: ProgressReporter) -> None:
+        self._progress = progress
+        self._lock = threading.Lock()
+        self._speakers = 0.0
+        self._transcript = 0.0
+        self._cancelled = False
+
+    def cancel(self) -> None:
+        self._cancelled = True
+
+    def speakers(self, fraction: float) -> None:
+        if self._cancelled:
+            raise _Cancelled
+        with self._lock:
+            self._speakers = fraction
+            self._emit()
+
+    def transcript(self, fraction: float) -> None:
+        with self._lock:
+            self._transcript = fraction
+            self._emit()
+
+    def _emit(self) -> None:
+        if self._speakers < 1.0:
+            self._progress.within("speakers", self._speakers)
+        else:
+            self._progress.within("transcript", self._transcript)
 
 
 def _speaker_turns(
