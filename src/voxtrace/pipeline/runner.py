@@ -145,7 +145,7 @@ def run_pipeline(
         transcribe_opts = replace(transcribe_opts, language=job.language)
     both = _TwoStages(progress)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="diarize") as pool:
-        diarizing = pool.submit(_speaker_turns, samples, regions, models, job, both.speakers)
+        diarizing = pool.submit(both.run_speakers, _speaker_turns, samples, regions, models, job)
         try:
             transcription = transcribe(
                 samples, regions, models.whisper, transcribe_opts, both.transcript
@@ -154,7 +154,6 @@ def run_pipeline(
             both.cancel()  # the diarizer stops at its next progress report
             raise
         turns = diarizing.result()
-        both.speakers(1.0)
 
     progress.stage("analysis")
     words = [w for seg in transcription.segments for w in seg.words]
@@ -186,9 +185,20 @@ class _TwoStages:
         self._speakers = 0.0
         self._transcript = 0.0
         self._cancelled = False
+        self._transcribing = False
 
     def cancel(self) -> None:
         self._cancelled = True
+
+    def run_speakers(
+        self,
+        stage: Callable[..., list[SpeakerTurn]],
+        *args: object,
+    ) -> list[SpeakerTurn]:
+        """Run the speakers stage with this progress, and mark it done when it returns."""
+        turns = stage(*args, self.speakers)
+        self.speakers(1.0)
+        return turns
 
     def speakers(self, fraction: float) -> None:
         if self._cancelled:
@@ -205,8 +215,11 @@ class _TwoStages:
     def _emit(self) -> None:
         if self._speakers < 1.0:
             self._progress.within("speakers", self._speakers)
-        else:
-            self._progress.within("transcript", self._transcript)
+            return
+        if not self._transcribing:
+            self._transcribing = True
+            self._progress.stage("transcript")
+        self._progress.within("transcript", self._transcript)
 
 
 def _speaker_turns(
