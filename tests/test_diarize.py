@@ -318,3 +318,25 @@ def test_voices_heard_apart_in_one_window_are_never_merged_into_one_speaker() ->
     embeddings, locals_, binarized = _heard_apart_case((3.0, 0.5))
     quiet = _add_speakers_heard_apart(merged, embeddings, locals_, binarized, 20, options)
     assert quiet.shape == (1, 3)
+
+
+def test_a_local_speaker_links_to_the_one_it_continues_in_the_previous_window() -> None:
+    """Activity shifted by the step lines up in the overlap: the continuation links to
+    its own track (not the other voice), and a voice new in this window links to none."""
+    from voxtrace.pipeline.diarize import _link, _Track
+
+    frames, step = 589, 147
+    first = np.zeros(frames, dtype=bool)
+    first[200:400] = True
+    second = np.zeros(frames, dtype=bool)
+    second[450:589] = True
+    vector = np.zeros(192, dtype=np.float32)
+    tracks = [_Track(first, vector, 0, 3.0), _Track(second, vector, 0, 3.0)]
+    continues_second = np.zeros(frames, dtype=bool)
+    continues_second[450 - step : 589 - step + 60] = True
+    continues_first = np.zeros(frames, dtype=bool)
+    continues_first[200 - step : 400 - step] = True
+    newcomer = np.zeros(frames, dtype=bool)
+    newcomer[500:589] = True  # only where the previous window never reached
+    links = _link(tracks, [continues_second, newcomer, continues_first], step, DiarizationOptions())
+    assert links == {0: 1, 2: 0}
