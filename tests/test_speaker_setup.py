@@ -151,20 +151,22 @@ def test_batch_rttm_from_a_fresh_install_scores_with_pyannote_metrics(
 
 
 @pytest.mark.slow
-def test_batch_json_writes_one_result_per_input_and_keeps_names_apart(
+def test_batch_json_writes_one_result_per_input_keeps_names_apart_and_goes_on_after_a_failure(
     fresh_install: Path, tmp_path: Path
 ) -> None:
-    """Same stem twice (a.wav, a/... .wav): two files, not one overwritten."""
+    """The same file name twice gives two results, not one overwritten; an input that
+    fails is reported and the next one still runs; the exit status says one failed."""
     other = tmp_path / "again"
     other.mkdir()
     copy = other / "pyannote-sample.wav"
     copy.write_bytes((DATA / "pyannote-sample.wav").read_bytes())
     out = tmp_path / "out"
     done = _voxtrace(
-        "process", str(DATA / "pyannote-sample.wav"), str(copy), "-o", str(out),
-        data_dir=fresh_install,
+        "process", str(DATA / "pyannote-sample.wav"), str(DATA / "no_audio.mp4"), str(copy),
+        "-o", str(out), data_dir=fresh_install,
     )  # fmt: skip
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 1
+    assert "no_audio.mp4: AUDIO_EXTRACTION_ERROR" in done.stderr
     names = sorted(p.name for p in out.iterdir())
     assert names == ["pyannote-sample-2.json", "pyannote-sample.json"]
     for name in names:
