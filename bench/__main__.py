@@ -21,7 +21,7 @@ def main(argv: list[str]) -> int:
     fixtures = Path(argv[0]) if argv else beside_repo
     sections = [
         pipeline.run(fixtures),
-        diarization.run(fixtures / "diarization", long_minutes=60.0),
+        diarization.run(fixtures / "diarization"),
         emotion.run(fixtures / "emotion", fixtures),
         api.run(),
         media.run(),

@@ -116,6 +116,9 @@ class Settings(BaseSettings):
     beam_size: int = Field(5, ge=1, le=20)
     cpu_threads: int = Field(0, ge=0)  # 0 = cores / workers
     model_dir: Path | None = None  # where assembled models live; default data_dir/models
+    # off (VOXTRACE_DIARIZATION=off) is the only way to run without the speaker models:
+    # every word then goes to SPEAKER_00; on, missing models stop the start-up
+    diarization: bool = True
 
     @model_validator(mode="before")
     @classmethod

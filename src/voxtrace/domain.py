@@ -212,3 +212,5 @@ class Result:
     duration_s: float
     language: str
     segments: tuple[Segment, ...]
+    # the diarization's own turns (overlap included), for RTTM; segments carry the ids
+    speaker_turns: tuple[SpeakerTurn, ...] = ()

@@ -56,7 +56,7 @@ from voxtrace.config import Settings
 from voxtrace.domain import Job
 from voxtrace.errors import InsufficientResources, ProcessingTimeout, classify_exception
 from voxtrace.logs import job_context
-from voxtrace.models import ModelBundle, load_models, pipeline_options
+from voxtrace.models import ModelBundle, ModelsNotReady, load_models, pipeline_options
 from voxtrace.payloads import completed_payload, failed_payload, progress_payload
 from voxtrace.pipeline.assemble import result_to_contract
 from voxtrace.pipeline.runner import PipelineOptions, run_pipeline
@@ -426,7 +426,11 @@ def worker_main(
         return
     info: dict[str, Any] = {"worker_id": worker_id, "pid": os.getpid(), "models_loaded": False}
     _seen(store, worker_id, info, outage)
-    models = load_models(settings)
+    try:
+        models = load_models(settings)
+    except ModelsNotReady as exc:  # removed after `serve` checked them: not ready, backs off
+        log.error("worker %s cannot start: %s", worker_id, exc)
+        return
     info["models_loaded"] = True
     runner = JobRunner(settings, store, models, worker_id, stopping, outage)
     last_seen = 0.0
