@@ -90,11 +90,13 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     compute_type: str = "default"  # default: int8 on CPU, float16 on CUDA
     beam_size: int = Field(5, ge=1, le=20)
+    # Auto-detection chooses only among these ISO codes (empty = any language)
+    languages: CommaList = ()
     cpu_threads: int = Field(0, ge=0)  # 0 = cores / workers
     model_dir: Path | None = None  # where assembled models live; default data_dir/models
 
     @field_validator(
-        "allow_http_hosts", "allow_download_hosts", "callback_allowlist", mode="before"
+        "allow_http_hosts", "allow_download_hosts", "callback_allowlist", "languages", mode="before"
     )
     @classmethod
     def _split_commas(cls, value: object) -> object:
