@@ -32,9 +32,17 @@ _ABBREVIATIONS = frozenset(
 # Costs of cutting between two words (lower = better place) and of each caption.
 _CUT_SENTENCE = 0.0
 _CUT_CLAUSE = 1.0
-_CUT_PAUSE_LONG = 1.2  # a pause of _LONG_PAUSE_S or more
-_CUT_PAUSE_SHORT = 2.0  # a pause of _SHORT_PAUSE_S or more
-_CUT_PLAIN = 3.5
+_CUT_PAUSE_LONG = 1.5  # a pause of _LONG_PAUSE_S or more
+_CUT_PAUSE_SHORT = 3.0  # a pause of _SHORT_PAUSE_S or more
+_CUT_PLAIN = 6.0
+_CUT_AFTER_FUNCTION_WORD = 3.0  # extra: "in the | world" reads worse than "the world"
+# Words that lean on the next one (English; lower-case): cutting after them splits a phrase.
+_FUNCTION_TEXT = (
+    "a an the of to in on at by for from with into onto and or but nor so than that"
+    " my your his her its our their this these those is are was were be been has have had"
+    " will would can could shall should may might must not no very as if"
+)
+_FUNCTION_WORDS = frozenset(_FUNCTION_TEXT.split())
 _LONG_PAUSE_S = 0.5
 _SHORT_PAUSE_S = 0.25
 _PER_CAPTION = 1.0
@@ -153,6 +161,8 @@ def layout_lines(texts: Sequence[str], rules: CaptionRules) -> list[str] | None:
                 cost = best[k - 1][i] + slack**2
                 if j < n and not (ends_sentence(texts[j - 1]) or _ends_clause(texts[j - 1])):
                     cost += 0.15  # a line that ends mid-phrase reads worse
+                    if _leans_forward(texts[j - 1]):
+                        cost += 0.3
                 if cost < best[k][j]:
                     best[k][j], back[k][j] = cost, i
     k = min(range(1, rules.max_lines + 1), key=lambda k: best[k][n])
@@ -190,7 +200,13 @@ def _cut_cost(last: TimedWord, nxt: TimedWord) -> float:
         cost = _CUT_PAUSE_SHORT
     if _ends_clause(last.text):
         cost = min(cost, _CUT_CLAUSE)
+    elif _leans_forward(last.text):
+        cost += _CUT_AFTER_FUNCTION_WORD
     return cost
+
+
+def _leans_forward(text: str) -> bool:
+    return text.strip().lower() in _FUNCTION_WORDS
 
 
 def _hard_runs(words: Sequence[W], rules: CaptionRules) -> list[list[W]]:
