@@ -63,6 +63,7 @@ SWEEP = (
     Config("auto language among ko,en", overrides=(("candidate_languages", ("ko", "en")),)),
     Config("VAD pad 200 ms", language="ko", vad=(("speech_pad_ms", 200),)),
     Config("VAD pad 800 ms", language="ko", vad=(("speech_pad_ms", 800),)),
+    Config("decode 400 ms more either side", language="ko", overrides=(("chunk_pad_s", 0.4),)),
     Config(
         "no hallucination_silence_threshold",
         language="ko",

@@ -56,6 +56,9 @@ class TranscribeOptions:
     no_speech_threshold: float | None = 0.6
     condition_on_previous_text: bool = True
     initial_prompt: str | None = None
+    # Extra audio either side of each VAD region, for decoding only (diarization keeps
+    # the VAD's own regions).
+    chunk_pad_s: float = 0.0
     # Skip silent stretches > 2 s inside a window when a hallucination is suspected.
     hallucination_silence_threshold: float | None = 2.0
     # A segment whose decoder thinks it is probably not speech AND whose words are all
@@ -97,11 +100,7 @@ def transcribe(
     """
     from faster_whisper.vad import SpeechTimestampsMap, collect_chunks
 
-    chunks = [
-        {"start": round(r.start_s * SAMPLE_RATE), "end": round(r.end_s * SAMPLE_RATE)}
-        for r in regions
-    ]
-    chunks = [c for c in chunks if c["end"] > c["start"]]
+    chunks = _padded_chunks(regions, opts.chunk_pad_s, samples.shape[0])
     language = _language(opts.language)
     if not chunks:
         return Transcription(language=language or "", language_probability=0.0, segments=())
@@ -144,6 +143,26 @@ def transcribe(
         language_probability=detected[1] if detected else float(info.language_probability),
         segments=tuple(segments),
     )
+
+
+def _padded_chunks(
+    regions: Sequence[SpeechRegion], pad_s: float, total: int
+) -> list[dict[str, int]]:
+    """Sample ranges of the regions, each widened by `pad_s` (within the audio), with
+    ranges that then touch merged: Whisper reads speech better with some of the silence
+    around it than cut tight (measured in bench.captions)."""
+    pad = round(pad_s * SAMPLE_RATE)
+    chunks: list[dict[str, int]] = []
+    for region in regions:
+        start = max(0, round(region.start_s * SAMPLE_RATE) - pad)
+        end = min(total, round(region.end_s * SAMPLE_RATE) + pad)
+        if end <= start:
+            continue
+        if chunks and start <= chunks[-1]["end"]:
+            chunks[-1]["end"] = max(chunks[-1]["end"], end)
+        else:
+            chunks.append({"start": start, "end": end})
+    return chunks
 
 
 def _detect_language(
