@@ -332,3 +332,56 @@ def test_non_speech_gives_no_words(
     out = result_to_contract(result)
     assert out["segments"] == [] and out["speakers"] == []
     json.dumps(out, allow_nan=False)
+
+
+@dataclass(frozen=True)
+class _Piece:  # the fields of faster-whisper's Word that _restore reads
+    word: str
+    start: float
+    end: float
+    probability: float
+
+
+@dataclass(frozen=True)
+class _Raw:  # the fields of faster-whisper's Segment that _restore reads
+    text: str
+    words: list[_Piece]
+    no_speech_prob: float
+
+
+def _decided(text: str, vad_prob: float, no_speech_prob: float, language: str = "en") -> bool:
+    """Whether a decoded segment over 1-3 s survives, the VAD saying `vad_prob` there."""
+    from faster_whisper.vad import SpeechTimestampsMap
+
+    from voxtrace.pipeline.transcribe import TranscribeOptions, _restore
+
+    units = text.split()
+    step = 2.0 / len(units)
+    pieces = [
+        _Piece(" " + u, 1.0 + i * step, 1.0 + (i + 1) * step, 0.99) for i, u in enumerate(units)
+    ]
+    probs = np.full(int(4 * 16000 / VAD_WINDOW_SAMPLES), vad_prob, dtype=np.float32)
+    ts_map = SpeechTimestampsMap([{"start": 0, "end": 4 * 16000}], 16000)
+    raw = _Raw(text, pieces, no_speech_prob)
+    kept = _restore(raw, ts_map, TranscribeOptions(), language, probs)
+    return kept is not None
+
+
+def test_sure_sounding_inventions_go_where_the_vad_hears_no_speech() -> None:
+    """The issue's guitar: "One, two, three, four" at word probability 0.99."""
+    assert not _decided("One, two, three, four.", vad_prob=0.3, no_speech_prob=0.1)
+    assert not _decided("1,2,3,4 1,2,3,4", vad_prob=0.3, no_speech_prob=0.1, language="ko")
+    assert not _decided(
+        "시청해주셔서 감사합니다.", vad_prob=0.9, no_speech_prob=0.45, language="ko"
+    )
+    assert not _decided("Thanks for watching!", vad_prob=0.4, no_speech_prob=0.05)
+    # any text at all where the VAD hears nothing
+    assert not _decided("The river was cold that morning.", vad_prob=0.05, no_speech_prob=0.1)
+
+
+def test_real_speech_is_kept_even_when_it_sounds_like_a_phantom() -> None:
+    assert _decided("Thank you.", vad_prob=0.9, no_speech_prob=0.05)
+    assert _decided("감사합니다.", vad_prob=0.8, no_speech_prob=0.1, language="ko")
+    assert _decided("One, two, three, four.", vad_prob=0.85, no_speech_prob=0.1)
+    # quiet speech: the VAD unsure, the decoder sure, ordinary words
+    assert _decided("we should go home now", vad_prob=0.3, no_speech_prob=0.2)
