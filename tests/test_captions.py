@@ -385,3 +385,23 @@ def test_real_speech_is_kept_even_when_it_sounds_like_a_phantom() -> None:
     assert _decided("One, two, three, four.", vad_prob=0.85, no_speech_prob=0.1)
     # quiet speech: the VAD unsure, the decoder sure, ordinary words
     assert _decided("we should go home now", vad_prob=0.3, no_speech_prob=0.2)
+
+
+@pytest.mark.slow
+def test_a_korean_recording_opening_in_english_is_detected_as_korean(
+    bundle: ModelBundle, data_dir: Path, tmp_path: Path
+) -> None:
+    """33 s of English (JFK thrice) then a minute of Korean: Whisper's first window says
+    English; the windows spread over the speech say Korean."""
+    from voxtrace.pipeline.audio import extract_audio
+    from voxtrace.pipeline.transcribe import TranscribeOptions, _detect_language
+
+    english = extract_audio(data_dir / "jfk.flac", tmp_path, 60, 60)
+    korean = extract_audio(data_dir / "test_ko.wav", tmp_path, 60, 60)
+    speech = np.concatenate([english, english, english, *([korean] * 16)])
+    first_window, _, _ = bundle.whisper.detect_language(audio=speech)
+    assert first_window == "en"
+    language, probability = _detect_language(bundle.whisper, speech, TranscribeOptions())
+    assert language == "ko" and 0.5 < probability <= 1.0
+    only_english = TranscribeOptions(candidate_languages=("en", "de"))
+    assert _detect_language(bundle.whisper, speech, only_english)[0] == "en"
