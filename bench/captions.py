@@ -70,6 +70,11 @@ SWEEP = (
         overrides=(("hallucination_silence_threshold", None),),
     ),
     Config(
+        "decode 400 ms more either side, no hallucination_silence_threshold",
+        language="ko",
+        overrides=(("chunk_pad_s", 0.4), ("hallucination_silence_threshold", None)),
+    ),
+    Config(
         "Korean initial prompt",
         language="ko",
         overrides=(("initial_prompt", "안녕하세요. 오늘은 무엇을 도와드릴까요?"),),
@@ -134,7 +139,7 @@ class Decoder:
         from voxtrace.pipeline.vad import VadOptions
 
         # the shipped defaults are part of what "voxtrace" means: a change re-decodes
-        defaults = repr((TranscribeOptions(), VadOptions()))
+        defaults = "" if config.bare else repr((TranscribeOptions(), VadOptions()))
         key = hashlib.sha256(repr((config, str(clip.path), defaults)).encode()).hexdigest()[:16]
         path = CACHE / f"{key}.json"
         if path.exists():

@@ -251,6 +251,9 @@ def _check_caption_rules(result: Result, rules: CaptionRules) -> None:
 
 
 def _check_contract(out: dict[str, Any]) -> None:
+    from voxtrace.devbackend import contract_violations
+
+    assert contract_violations(out) == []  # the deployed backend's schema and SPEC part 3
     json.dumps(out, allow_nan=False)
     assert isinstance(out["speakers"], list)
     assert all(isinstance(s, str) for s in out["speakers"])
