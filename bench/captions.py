@@ -391,3 +391,7 @@ def run(fixtures: Path = DEFAULT_FIXTURES, decoder: Decoder | None = None) -> st
     lines += ["", "Words written on non-speech audio (the right answer is 0):", ""]
     lines += invented_words(fixtures, decoder)
     return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
