@@ -11,7 +11,7 @@ import platform
 import sys
 from pathlib import Path
 
-from bench import api, diarization, emotion, media, pipeline
+from bench import api, captions, diarization, emotion, media, pipeline
 
 OUT = Path("docs/benchmarks.md")
 
@@ -21,6 +21,7 @@ def main(argv: list[str]) -> int:
     fixtures = Path(argv[0]) if argv else beside_repo
     sections = [
         pipeline.run(fixtures),
+        captions.run(fixtures),
         diarization.run(fixtures / "diarization"),
         emotion.run(fixtures / "emotion", fixtures),
         api.run(),

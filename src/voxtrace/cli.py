@@ -178,6 +178,7 @@ def cmd_process(args: argparse.Namespace) -> int:
     from voxtrace.domain import JobOptions
     from voxtrace.models import ModelsNotReady, load_models, pipeline_options
     from voxtrace.pipeline.assemble import result_to_contract
+    from voxtrace.pipeline.captions import CaptionRules
     from voxtrace.pipeline.formats import to_rttm, to_srt, to_vtt
     from voxtrace.pipeline.runner import run_pipeline
 
@@ -187,6 +188,10 @@ def cmd_process(args: argparse.Namespace) -> int:
         num_speakers=args.num_speakers,
         min_speakers=args.min_speakers,
         max_speakers=args.max_speakers,
+        max_chars_per_line=args.max_chars_per_line,
+        max_lines=args.max_lines,
+        max_caption_s=args.max_caption_s,
+        max_chars_per_s=args.max_chars_per_s,
     )
     sources: list[str] = args.sources
     for source in sources:
@@ -203,7 +208,6 @@ def cmd_process(args: argparse.Namespace) -> int:
         print(f"voxtrace: {classify_exception(exc).message}", file=sys.stderr)
         return 1
     opts = pipeline_options(settings)
-    render = {"srt": to_srt, "vtt": to_vtt, "rttm": to_rttm}.get(args.format)
     failed = 0
     for index, (source, output) in enumerate(zip(sources, outputs, strict=True), start=1):
         prefix = f"[{index}/{len(sources)}] " if len(sources) > 1 else ""
@@ -221,8 +225,13 @@ def cmd_process(args: argparse.Namespace) -> int:
             print(f"voxtrace: {prefix}{source}: {error.code}: {error.message}", file=sys.stderr)
             failed += 1
             continue
-        if render is not None:
-            text = render(result)
+        rules = CaptionRules.for_language(result.language).with_overrides(options.to_dict())
+        if args.format == "srt":
+            text = to_srt(result, rules)
+        elif args.format == "vtt":
+            text = to_vtt(result, rules)
+        elif args.format == "rttm":
+            text = to_rttm(result)
         else:
             text = json.dumps(result_to_contract(result), ensure_ascii=False, indent=2) + "\n"
         if output is not None:
@@ -324,6 +333,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-speakers", type=int)
     p.add_argument("--min-speakers", type=int)
     p.add_argument("--max-speakers", type=int)
+    p.add_argument("--max-chars-per-line", type=int, help="caption line length (en 42, ko 18)")
+    p.add_argument("--max-lines", type=int, help="lines per caption (default 2)")
+    p.add_argument("--max-caption-s", type=float, help="longest caption in seconds (default 7)")
+    p.add_argument("--max-chars-per-s", type=float, help="reading speed (en 20, ko 12)")
     p.set_defaults(func=cmd_process)
 
     p = sub.add_parser("job", help="show a job's state from a running server")

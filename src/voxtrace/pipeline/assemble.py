@@ -1,15 +1,16 @@
 """Join words, speakers and prosody into caption segments and the contract's JSON.
 
-Segments are cut for reading: at a change of speaker, at the end of a sentence, at a
-pause, and before they grow too long. `result_to_contract` is the one place that knows
-the wire shape of `result` and guarantees its numeric invariants.
+Segments are captions, cut by `captions.CaptionRules`. `result_to_contract` is the one
+place that knows the wire shape of `result` and guarantees its numeric invariants; it
+also adds what an animation needs beside the contract's absolute values: each word's
+loudness and pitch relative to its speaker, and the file's and each speaker's ranges.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from voxtrace.domain import (
@@ -20,30 +21,18 @@ from voxtrace.domain import (
     Word,
     WordProsody,
 )
+from voxtrace.pipeline.captions import CaptionRules, cut_captions, layout_lines
 from voxtrace.pipeline.prosody import MAX_PITCH_HZ, MAX_VOLUME_DB, MIN_PITCH_HZ, MIN_VOLUME_DB
 
 __all__ = [
     "DEFAULT_SPEAKER",
-    "SegmentRules",
+    "CaptionRules",
     "assign_speaker",
     "build_segments",
     "result_to_contract",
 ]
 
 DEFAULT_SPEAKER = "SPEAKER_00"
-_SENTENCE_ENDS = (".", "?", "!", "…", "。", "？", "！", "｡", "؟", "।")
-# Words ending in "." that do not end a sentence (compared lower-case, without the dot).
-_ABBREVIATIONS = frozenset(
-    {"mr", "mrs", "ms", "dr", "prof", "st", "jr", "sr", "vs", "etc", "e.g", "i.e", "no", "mt"}
-)
-_CLAUSE_ENDS = (",", ";", ":", "，", "、", "；", "：")
-
-
-@dataclass(frozen=True)
-class SegmentRules:
-    max_pause_s: float = 1.0
-    max_duration_s: float = 8.0
-    max_words: int = 20
 
 
 def assign_speaker(start_s: float, end_s: float, turns: Sequence[SpeakerTurn]) -> str:
@@ -69,99 +58,43 @@ def build_segments(
     transcription: Transcription,
     prosody: Sequence[WordProsody],
     turns: Sequence[SpeakerTurn],
-    rules: SegmentRules | None = None,
+    rules: CaptionRules | None = None,
 ) -> list[Segment]:
-    """Caption segments from the transcription's words (in order, one prosody per word)."""
-    rules = rules or SegmentRules()
+    """Caption segments from the transcription's words (in order, one prosody per word),
+    cut by `rules` (the transcription language's defaults when None)."""
+    rules = rules or CaptionRules.for_language(transcription.language)
     raw_words = [w for seg in transcription.segments for w in seg.words]
     if len(raw_words) != len(prosody):
         raise ValueError("prosody must hold exactly one entry per transcribed word")
     words = [
         Word(
-            text=raw.text,
+            text=raw.text.strip(),
             start_s=raw.start_s,
             end_s=raw.end_s,
             confidence=raw.probability,
             speaker_id=assign_speaker(raw.start_s, raw.end_s, turns),
             volume_db=p.volume_db,
             pitch_hz=p.pitch_hz,
+            voiced=p.voiced,
+            pitch_hz_raw=p.pitch_hz_raw,
         )
         for raw, p in zip(raw_words, prosody, strict=True)
+        if raw.text.strip()
     ]
-    sentences: list[list[Word]] = []
-    for word in words:
-        if sentences and not _is_boundary(sentences[-1][-1], word, rules):
-            sentences[-1].append(word)
-        else:
-            sentences.append([word])
-    return [_make_segment(part) for sentence in sentences for part in _split_long(sentence, rules)]
+    return [_make_segment(caption, rules) for caption in cut_captions(words, rules)]
 
 
-def _is_boundary(last: Word, nxt: Word, rules: SegmentRules) -> bool:
-    """A natural cut: another speaker, the end of a sentence, or a pause."""
-    return (
-        nxt.speaker_id != last.speaker_id
-        or _ends_sentence(last.text)
-        or nxt.start_s - last.end_s > rules.max_pause_s
-    )
-
-
-def _ends_sentence(text: str) -> bool:
-    """Sentence-final punctuation, except after an abbreviation or an initial ("J.")."""
-    text = text.strip()
-    if not text.endswith(_SENTENCE_ENDS):
-        return False
-    if text.endswith(".") and not text.endswith(".."):
-        stem = text[:-1].lower()
-        if stem in _ABBREVIATIONS or (len(stem) == 1 and stem.isalpha()):
-            return False
-    return True
-
-
-def _fits(words: Sequence[Word], rules: SegmentRules) -> bool:
-    duration_s = words[-1].end_s - words[0].start_s
-    return duration_s <= rules.max_duration_s and len(words) <= rules.max_words
-
-
-def _split_long(words: list[Word], rules: SegmentRules) -> list[list[Word]]:
-    """Cut a too-long sentence into as few, evenly sized captions as the limits allow,
-    each cut preferring a comma or a pause near its ideal place.
-
-    A greedy cut at the length limit leaves orphans ("for them." alone on screen).
-    """
-    if _fits(words, rules) or len(words) < 2:
-        return [words]
-    total_s = max(1e-6, words[-1].end_s - words[0].start_s)
-    pieces = math.ceil(max(len(words) / rules.max_words, total_s / rules.max_duration_s))
-    pieces = max(2, pieces)
-    best_i, best_score = 1, -math.inf
-    for i in range(1, len(words)):
-        if not _fits(words[:i], rules):
-            break
-        left_s = words[i - 1].end_s - words[0].start_s
-        balance = abs(pieces * left_s / total_s - 1)  # 0 = an exact 1/pieces share
-        pause_s = max(0.0, words[i].start_s - words[i - 1].end_s)
-        clause = 0.35 if words[i - 1].text.rstrip().endswith(_CLAUSE_ENDS) else 0.0
-        score = clause + min(pause_s, 1.0) - balance
-        if score > best_score:
-            best_i, best_score = i, score
-    return [words[:best_i], *_split_long(words[best_i:], rules)]
-
-
-def _join_words(words: Sequence[Word]) -> str:
-    """faster-whisper words carry their own leading space where the language puts one
-    (none in CJK, none inside a word split into pieces like " ill-di" + "sposed")."""
-    return "".join(w.text for w in words).strip()
-
-
-def _make_segment(words: Sequence[Word]) -> Segment:
+def _make_segment(words: Sequence[Word], rules: CaptionRules) -> Segment:
+    texts = [w.text for w in words]
+    lines = layout_lines(texts, rules) or [rules.joiner.join(texts)]
     return Segment(
         start_s=words[0].start_s,
         end_s=max(w.end_s for w in words),
         speaker_id=words[0].speaker_id,
-        text=_join_words(words),
+        text=rules.joiner.join(texts),
         words=tuple(words),
         confidence=sum(w.confidence for w in words) / len(words),
+        lines=tuple(lines),
     )
 
 
@@ -189,25 +122,121 @@ def _round_distribution(probabilities: dict[str, float], digits: int) -> dict[st
     return {k: u / scale for k, u in units.items()}
 
 
+def _percentile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def _summary(values: Sequence[float], unit: str, digits: int = 2) -> dict[str, float] | None:
+    """The keys the product's earlier ML server used: range, mean, median as the
+    baseline, and the quartiles as whisper/loud (low/high for pitch) thresholds."""
+    if not values:
+        return None
+    low_key, high_key = ("whisper", "loud") if unit == "db" else ("low", "high")
+    return {
+        f"global_min_{unit}": round(min(values), digits),
+        f"global_max_{unit}": round(max(values), digits),
+        f"global_mean_{unit}": round(statistics.fmean(values), digits),
+        f"baseline_{unit}": round(statistics.median(values), digits),
+        f"{low_key}_threshold_{unit}": round(_percentile(values, 0.25), digits),
+        f"{high_key}_threshold_{unit}": round(_percentile(values, 0.75), digits),
+    }
+
+
+def _statistics(values: dict[str, list[float]], unit: str) -> dict[str, Any]:
+    """Whole-file figures at the top level, the same per speaker under `per_speaker`."""
+    every = [v for speaker_values in values.values() for v in speaker_values]
+    whole: dict[str, Any] = dict(_summary(every, unit) or dict.fromkeys(_summary_keys(unit)))
+    whole["per_speaker"] = {
+        speaker: _summary(speaker_values, unit) for speaker, speaker_values in values.items()
+    }
+    return whole
+
+
+def _summary_keys(unit: str) -> list[str]:
+    return list(_summary([0.0], unit) or {})
+
+
+def _word_values(result: Result) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Per speaker (in order of first appearance): every word's volume_db, and the
+    measured f0 of its voiced words."""
+    volumes: dict[str, list[float]] = {}
+    pitches: dict[str, list[float]] = {}
+    for seg in result.segments:
+        for w in seg.words:
+            speaker = w.speaker_id or seg.speaker_id
+            volumes.setdefault(speaker, []).append(
+                _finite(w.volume_db, 6, MIN_VOLUME_DB, MAX_VOLUME_DB)
+            )
+            pitches.setdefault(speaker, [])
+            raw = w.pitch_hz_raw
+            if w.voiced and raw is not None and math.isfinite(raw) and raw > 0:
+                pitches[speaker].append(float(raw))
+    return volumes, pitches
+
+
+def _word_entry(
+    w: Word, volume_base_db: float | None, pitch_base_hz: float | None
+) -> dict[str, Any]:
+    volume_db = _finite(w.volume_db, 2, MIN_VOLUME_DB, MAX_VOLUME_DB)
+    raw = w.pitch_hz_raw if w.voiced else None
+    if raw is not None and not (math.isfinite(raw) and raw > 0):
+        raw = None
+    return {
+        "word": w.text.strip(),
+        "start": _finite(w.start_s, 3, 0.0),
+        "end": _finite(max(w.end_s, w.start_s), 3, 0.0),
+        "volume_db": volume_db,
+        "pitch_hz": _finite(w.pitch_hz, 2, MIN_PITCH_HZ, MAX_PITCH_HZ),
+        "confidence": _finite(w.confidence, 3, 0.0, 1.0),
+        "voiced": raw is not None,
+        "pitch_hz_raw": None if raw is None else round(raw, 2),
+        "volume_rel_db": (
+            None if volume_base_db is None else round(volume_db - volume_base_db, 2) + 0.0
+        ),
+        "pitch_rel_st": (
+            None
+            if raw is None or pitch_base_hz is None
+            else round(12.0 * math.log2(raw / pitch_base_hz), 2) + 0.0
+        ),
+    }
+
+
 def result_to_contract(result: Result) -> dict[str, Any]:
-    """The contract's `result` object: every number finite and within its range."""
+    """The contract's `result` object: every number finite and within its range.
+
+    Extra (non-contract) fields: `speakers` (ids in order of first appearance),
+    `volume_statistics`/`pitch_statistics`, per segment `start`/`end`/`duration`/`lines`,
+    per word `confidence`, `voiced`, `pitch_hz_raw`, `volume_rel_db`, `pitch_rel_st`.
+    Only the extra fields may be null (no measurement: an unvoiced word has no pitch).
+    """
+    volumes, pitches = _word_values(result)
+    volume_base = {k: statistics.median(v) for k, v in volumes.items() if v}
+    pitch_base = {k: statistics.median(v) for k, v in pitches.items() if v}
+    speakers = list(dict.fromkeys(seg.speaker_id for seg in result.segments))
     segments: list[dict[str, Any]] = []
     for seg in result.segments:
+        start = _finite(seg.start_s, 3, 0.0)
+        end = _finite(max(seg.end_s, seg.start_s), 3, 0.0)
         entry: dict[str, Any] = {
-            "start_time": _finite(seg.start_s, 3, 0.0),
-            "end_time": _finite(max(seg.end_s, seg.start_s), 3, 0.0),
+            "start_time": start,
+            "end_time": end,
+            "start": start,
+            "end": end,
+            "duration": round(max(0.0, end - start), 3),
             "speaker": {"speaker_id": seg.speaker_id},
             "text": seg.text,
+            "lines": list(seg.lines) or [seg.text],
             "confidence": _finite(seg.confidence, 3, 0.0, 1.0),
             "words": [
-                {
-                    "word": w.text.strip(),
-                    "start": _finite(w.start_s, 3, 0.0),
-                    "end": _finite(max(w.end_s, w.start_s), 3, 0.0),
-                    "volume_db": _finite(w.volume_db, 2, MIN_VOLUME_DB, MAX_VOLUME_DB),
-                    "pitch_hz": _finite(w.pitch_hz, 2, MIN_PITCH_HZ, MAX_PITCH_HZ),
-                    "confidence": _finite(w.confidence, 3, 0.0, 1.0),
-                }
+                _word_entry(
+                    w,
+                    volume_base.get(w.speaker_id or seg.speaker_id),
+                    pitch_base.get(w.speaker_id or seg.speaker_id),
+                )
                 for w in seg.words
             ],
         }
@@ -227,5 +256,8 @@ def result_to_contract(result: Result) -> dict[str, Any]:
             "unique_speakers": len({seg.speaker_id for seg in result.segments}),
             "language": result.language,
         },
+        "speakers": speakers,
+        "volume_statistics": _statistics(volumes, "db"),
+        "pitch_statistics": _statistics(pitches, "hz"),
         "segments": segments,
     }

@@ -35,12 +35,13 @@ import numpy.typing as npt
 from voxtrace.domain import JobOptions, Result, Segment, SpeakerTurn, SpeechRegion
 from voxtrace.errors import AudioExtractionError, MediaTooLong
 from voxtrace.models import ModelBundle
-from voxtrace.pipeline.assemble import DEFAULT_SPEAKER, SegmentRules, build_segments
+from voxtrace.pipeline.assemble import DEFAULT_SPEAKER, build_segments
 from voxtrace.pipeline.audio import SAMPLE_RATE, extract_audio_streams, probe
+from voxtrace.pipeline.captions import CaptionRules
 from voxtrace.pipeline.fetch import FetchOptions, fetch, filename_from_url
 from voxtrace.pipeline.prosody import measure_words
 from voxtrace.pipeline.transcribe import TranscribeOptions, transcribe
-from voxtrace.pipeline.vad import VadOptions, detect_speech
+from voxtrace.pipeline.vad import VadOptions, detect_speech, speech_probabilities
 
 __all__ = [
     "STAGES",
@@ -79,7 +80,9 @@ class PipelineOptions:
     audio: AudioOptions = field(default_factory=AudioOptions)
     vad: VadOptions = field(default_factory=VadOptions)
     transcribe: TranscribeOptions = field(default_factory=TranscribeOptions)
-    segments: SegmentRules = field(default_factory=SegmentRules)
+    # Caption rules per language code (CaptionRules.for_language's defaults otherwise);
+    # a job's own caption options override either.
+    captions: dict[str, CaptionRules] = field(default_factory=dict)
 
 
 StageTimer = Callable[[str, float], None]  # (stage name, wall seconds) once it ends
@@ -171,6 +174,7 @@ def run_pipeline(
     progress.stage("vad")
     samples, regions = _track_with_speech(tracks, opts.vad)
     del tracks
+    speech_prob = speech_probabilities(samples) if regions else None
     logger.info("Found %d speech regions", len(regions))
 
     progress.stage("speakers")
@@ -182,7 +186,7 @@ def run_pipeline(
         diarizing = pool.submit(both.run_speakers, _speaker_turns, samples, regions, models, job)
         try:
             transcription = transcribe(
-                samples, regions, models.whisper, transcribe_opts, both.transcript
+                samples, regions, models.whisper, transcribe_opts, both.transcript, speech_prob
             )
         except BaseException:
             both.cancel()  # the diarizer stops at its next progress report
@@ -192,7 +196,10 @@ def run_pipeline(
     progress.stage("analysis")
     words = [w for seg in transcription.segments for w in seg.words]
     prosody = measure_words(samples, words)
-    segments = build_segments(transcription, prosody, turns, opts.segments)
+    language = transcription.language
+    rules = opts.captions.get(language) or CaptionRules.for_language(language)
+    rules = rules.with_overrides(job.to_dict())
+    segments = build_segments(transcription, prosody, turns, rules)
     segments = _classify_emotions(segments, transcription.language, models)
 
     progress.stage("assemble")
