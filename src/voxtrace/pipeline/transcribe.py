@@ -58,7 +58,8 @@ class TranscribeOptions:
     initial_prompt: str | None = None
     # Extra audio either side of each VAD region, for decoding only (diarization keeps
     # the VAD's own regions): Korean CER 24.6 % -> 23.4 % on ko-dev's tuning clips
-    # (bench.captions --sweep), the same as bare faster-whisper's 23.7 % or better.
+    # (bench.captions --sweep; bare faster-whisper 23.7 %). Held-out figures, which
+    # are less kind on short clips, are in docs/benchmarks.md.
     chunk_pad_s: float = 0.4
     # Skip silent stretches > 2 s inside a window when a hallucination is suspected.
     hallucination_silence_threshold: float | None = 2.0
