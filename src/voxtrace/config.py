@@ -114,8 +114,13 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     compute_type: str = "default"  # default: int8 on CPU, float16 on CUDA
     beam_size: int = Field(5, ge=1, le=20)
+    # Auto-detection chooses only among these ISO codes (empty = any language)
+    languages: CommaList = ()
     cpu_threads: int = Field(0, ge=0)  # 0 = cores / workers
     model_dir: Path | None = None  # where assembled models live; default data_dir/models
+    # off (VOXTRACE_DIARIZATION=off) is the only way to run without the speaker models:
+    # every word then goes to SPEAKER_00; on, missing models stop the start-up
+    diarization: bool = True
 
     @model_validator(mode="before")
     @classmethod
@@ -134,6 +139,7 @@ class Settings(BaseSettings):
         "allow_download_hosts",
         "callback_allowlist",
         "trusted_proxies",
+        "languages",
         mode="before",
     )
     @classmethod

@@ -51,6 +51,11 @@ class JobOptions:
     num_speakers: int | None = None
     min_speakers: int | None = None
     max_speakers: int | None = None
+    # Caption shape (None = the language's default; see pipeline/captions.py)
+    max_chars_per_line: int | None = None
+    max_lines: int | None = None
+    max_caption_s: float | None = None
+    max_chars_per_s: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if v is not None}
@@ -160,6 +165,7 @@ class TranscribedSegment:
     end_s: float
     text: str
     words: tuple[TranscribedWord, ...]
+    no_speech_prob: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -174,6 +180,7 @@ class WordProsody:
     volume_db: float  # RMS dBFS, within [-60, 0]
     pitch_hz: float  # median f0, within [100, 1000]
     voiced: bool  # False when the pitch is a fallback value
+    pitch_hz_raw: float | None = None  # the measured median f0, unclamped; None = unvoiced
 
 
 @dataclass(frozen=True)
@@ -193,6 +200,8 @@ class Word:
     speaker_id: str
     volume_db: float
     pitch_hz: float
+    voiced: bool = True
+    pitch_hz_raw: float | None = None  # measured f0; None when unvoiced
 
 
 @dataclass(frozen=True)
@@ -204,6 +213,7 @@ class Segment:
     words: tuple[Word, ...]
     confidence: float
     emotion: Emotion | None = None
+    lines: tuple[str, ...] = ()  # the caption's suggested lines (joined they give `text`)
 
 
 @dataclass(frozen=True)
@@ -212,3 +222,5 @@ class Result:
     duration_s: float
     language: str
     segments: tuple[Segment, ...]
+    # the diarization's own turns (overlap included), for RTTM; segments carry the ids
+    speaker_turns: tuple[SpeakerTurn, ...] = ()

@@ -55,7 +55,10 @@ def pipeline_options(settings: Settings) -> PipelineOptions:
             ffmpeg_timeout_s=settings.ffmpeg_timeout_s,
             max_duration_s=settings.max_media_duration_s,
         ),
-        transcribe=TranscribeOptions(beam_size=settings.beam_size),
+        transcribe=TranscribeOptions(
+            beam_size=settings.beam_size,
+            candidate_languages=tuple(code.lower() for code in settings.languages),
+        ),
     )
 
 

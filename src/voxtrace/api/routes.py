@@ -68,6 +68,10 @@ def process_video(
         num_speakers=body.num_speakers,
         min_speakers=body.min_speakers,
         max_speakers=body.max_speakers,
+        max_chars_per_line=body.max_chars_per_line,
+        max_lines=body.max_lines,
+        max_caption_s=body.max_caption_s,
+        max_chars_per_s=body.max_chars_per_s,
     )
     try:
         if not data_dir.ok():

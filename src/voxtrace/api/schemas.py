@@ -84,6 +84,13 @@ class ProcessVideoRequest(BaseModel):
     num_speakers: int | None = Field(None, ge=1, le=32)
     min_speakers: int | None = Field(None, ge=1, le=32)
     max_speakers: int | None = Field(None, ge=1, le=32)
+    # Caption shape; each overrides the language's default (README: caption rules).
+    max_chars_per_line: int | None = Field(None, ge=8, le=200)
+    max_lines: int | None = Field(None, ge=1, le=4)
+    max_caption_s: float | None = Field(None, ge=1.0, le=30.0)
+    max_chars_per_s: float | None = Field(
+        None, ge=0.0, le=100.0, description="reading speed; 0 = cues end with the speech"
+    )
 
     @field_validator("video_url", mode="before")
     @classmethod
@@ -121,12 +128,21 @@ class ProcessVideoRequest(BaseModel):
             raise ValueError('language must be "auto" or a language code Whisper knows')
         return value
 
-    @field_validator("num_speakers", "min_speakers", "max_speakers", mode="before")
+    @field_validator(
+        "num_speakers",
+        "min_speakers",
+        "max_speakers",
+        "max_chars_per_line",
+        "max_lines",
+        "max_caption_s",
+        "max_chars_per_s",
+        mode="before",
+    )
     @classmethod
     def _no_booleans(cls, value: object) -> object:
-        """JSON `true` is not an integer (the schema says integer; pydantic would take it as 1)."""
+        """JSON `true` is not a number (the schema says number; pydantic would take it as 1)."""
         if isinstance(value, bool):
-            raise ValueError("must be an integer")
+            raise ValueError("must be a number")
         return value
 
     @model_validator(mode="after")

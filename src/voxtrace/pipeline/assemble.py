@@ -1,15 +1,12 @@
 """Join words, speakers and prosody into caption segments and the contract's JSON.
 
-Segments are cut for reading: at a change of speaker, at the end of a sentence, at a
-pause, and before they grow too long. The wire shape of `result` is
+Segments are captions, cut by `captions.CaptionRules`. The wire shape of `result` is
 `voxtrace.contract.result_to_contract` (re-exported here for older imports).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from voxtrace.contract import result_to_contract
 from voxtrace.domain import (
@@ -19,29 +16,17 @@ from voxtrace.domain import (
     Word,
     WordProsody,
 )
+from voxtrace.pipeline.captions import CaptionRules, cut_captions, layout_lines
 
 __all__ = [
     "DEFAULT_SPEAKER",
-    "SegmentRules",
+    "CaptionRules",
     "assign_speaker",
     "build_segments",
     "result_to_contract",
 ]
 
 DEFAULT_SPEAKER = "SPEAKER_00"
-_SENTENCE_ENDS = (".", "?", "!", "…", "。", "？", "！", "｡", "؟", "।")
-# Words ending in "." that do not end a sentence (compared lower-case, without the dot).
-_ABBREVIATIONS = frozenset(
-    {"mr", "mrs", "ms", "dr", "prof", "st", "jr", "sr", "vs", "etc", "e.g", "i.e", "no", "mt"}
-)
-_CLAUSE_ENDS = (",", ";", ":", "，", "、", "；", "：")
-
-
-@dataclass(frozen=True)
-class SegmentRules:
-    max_pause_s: float = 1.0
-    max_duration_s: float = 8.0
-    max_words: int = 20
 
 
 def assign_speaker(start_s: float, end_s: float, turns: Sequence[SpeakerTurn]) -> str:
@@ -67,97 +52,41 @@ def build_segments(
     transcription: Transcription,
     prosody: Sequence[WordProsody],
     turns: Sequence[SpeakerTurn],
-    rules: SegmentRules | None = None,
+    rules: CaptionRules | None = None,
 ) -> list[Segment]:
-    """Caption segments from the transcription's words (in order, one prosody per word)."""
-    rules = rules or SegmentRules()
+    """Caption segments from the transcription's words (in order, one prosody per word),
+    cut by `rules` (the transcription language's defaults when None)."""
+    rules = rules or CaptionRules.for_language(transcription.language)
     raw_words = [w for seg in transcription.segments for w in seg.words]
     if len(raw_words) != len(prosody):
         raise ValueError("prosody must hold exactly one entry per transcribed word")
     words = [
         Word(
-            text=raw.text,
+            text=raw.text.strip(),
             start_s=raw.start_s,
             end_s=raw.end_s,
             confidence=raw.probability,
             speaker_id=assign_speaker(raw.start_s, raw.end_s, turns),
             volume_db=p.volume_db,
             pitch_hz=p.pitch_hz,
+            voiced=p.voiced,
+            pitch_hz_raw=p.pitch_hz_raw,
         )
         for raw, p in zip(raw_words, prosody, strict=True)
+        if raw.text.strip()
     ]
-    sentences: list[list[Word]] = []
-    for word in words:
-        if sentences and not _is_boundary(sentences[-1][-1], word, rules):
-            sentences[-1].append(word)
-        else:
-            sentences.append([word])
-    return [_make_segment(part) for sentence in sentences for part in _split_long(sentence, rules)]
+    return [_make_segment(caption, rules) for caption in cut_captions(words, rules)]
 
 
-def _is_boundary(last: Word, nxt: Word, rules: SegmentRules) -> bool:
-    """A natural cut: another speaker, the end of a sentence, or a pause."""
-    return (
-        nxt.speaker_id != last.speaker_id
-        or _ends_sentence(last.text)
-        or nxt.start_s - last.end_s > rules.max_pause_s
-    )
-
-
-def _ends_sentence(text: str) -> bool:
-    """Sentence-final punctuation, except after an abbreviation or an initial ("J.")."""
-    text = text.strip()
-    if not text.endswith(_SENTENCE_ENDS):
-        return False
-    if text.endswith(".") and not text.endswith(".."):
-        stem = text[:-1].lower()
-        if stem in _ABBREVIATIONS or (len(stem) == 1 and stem.isalpha()):
-            return False
-    return True
-
-
-def _fits(words: Sequence[Word], rules: SegmentRules) -> bool:
-    duration_s = words[-1].end_s - words[0].start_s
-    return duration_s <= rules.max_duration_s and len(words) <= rules.max_words
-
-
-def _split_long(words: list[Word], rules: SegmentRules) -> list[list[Word]]:
-    """Cut a too-long sentence into as few, evenly sized captions as the limits allow,
-    each cut preferring a comma or a pause near its ideal place.
-
-    A greedy cut at the length limit leaves orphans ("for them." alone on screen).
-    """
-    if _fits(words, rules) or len(words) < 2:
-        return [words]
-    total_s = max(1e-6, words[-1].end_s - words[0].start_s)
-    pieces = math.ceil(max(len(words) / rules.max_words, total_s / rules.max_duration_s))
-    pieces = max(2, pieces)
-    best_i, best_score = 1, -math.inf
-    for i in range(1, len(words)):
-        if not _fits(words[:i], rules):
-            break
-        left_s = words[i - 1].end_s - words[0].start_s
-        balance = abs(pieces * left_s / total_s - 1)  # 0 = an exact 1/pieces share
-        pause_s = max(0.0, words[i].start_s - words[i - 1].end_s)
-        clause = 0.35 if words[i - 1].text.rstrip().endswith(_CLAUSE_ENDS) else 0.0
-        score = clause + min(pause_s, 1.0) - balance
-        if score > best_score:
-            best_i, best_score = i, score
-    return [words[:best_i], *_split_long(words[best_i:], rules)]
-
-
-def _join_words(words: Sequence[Word]) -> str:
-    """faster-whisper words carry their own leading space where the language puts one
-    (none in CJK, none inside a word split into pieces like " ill-di" + "sposed")."""
-    return "".join(w.text for w in words).strip()
-
-
-def _make_segment(words: Sequence[Word]) -> Segment:
+def _make_segment(words: Sequence[Word], rules: CaptionRules) -> Segment:
+    texts = [w.text for w in words]
+    lines = layout_lines(texts, rules) or [rules.joiner.join(texts)]
     return Segment(
         start_s=words[0].start_s,
         end_s=max(w.end_s for w in words),
         speaker_id=words[0].speaker_id,
-        text=_join_words(words),
+        text=rules.joiner.join(texts),
         words=tuple(words),
         confidence=sum(w.confidence for w in words) / len(words),
+        lines=tuple(lines),
     )

@@ -105,6 +105,15 @@ class DiarizationOptions:
     min_embed_s: float = 0.3  # below this a local speaker gets no embedding at all
     split_run_s: float = 1.0  # a local speaker's runs this long are embedded apart (0: off)
     max_embed_s: float = 5.0  # CAM++ cost grows with length; 5 s beat 3 s on the bench
+    # Embedding reuse (off: 0): a local speaker that continues one of the previous
+    # window's (same frames active in the overlap) takes its embedding while that was made
+    # from >= reuse_min_s of clean speech heard at most reuse_span_s earlier, so each
+    # stretch is embedded about once instead of once per overlapping window. Measured and
+    # left off: far-field embeddings of one voice differ by cosine 0.6-0.85 from window to
+    # window, and clustering needs those several views (held-out AMI DER 23 -> 45 %).
+    reuse_span_s: float = 0.0
+    reuse_min_s: float = 2.0
+    link_min_iou: float = 0.6  # agreement of the two activities in the overlap to link
     max_clustered: int = 2000  # bound on the all-pairs clustering (memory, time)
     min_speaker_s: float = 1.0  # speakers with less speech are merged into others
     min_vad_speech_s: float = 0.5  # a speaker needs this much speech inside VAD regions
@@ -195,6 +204,7 @@ def _analyse(
     count = np.zeros((len(starts), SEGMENTATION_NUM_FRAMES), dtype=np.uint8)
     locals_: list[_LocalSpeaker] = []
     vectors: list[FloatArray] = []
+    tracks: list[_Track] = []  # the previous window's local speakers
     for batch_start in range(0, len(starts), options.batch_windows):
         batch = list(range(batch_start, min(len(starts), batch_start + options.batch_windows)))
         chunks = np.stack([_window(audio, starts[i]) for i in batch])
@@ -202,9 +212,14 @@ def _analyse(
         for row, window in enumerate(batch):
             binarized[window] = _POWERSET[np.argmax(logits[row], axis=-1)]
             probability[window], count[window] = _soft_activity(logits[row], options)
-            for local, vector in _embed_window(chunks[row], binarized[window], models, options):
+            found = _embed_window(
+                chunks[row], binarized[window], models, options, window, step_frames, tracks
+            )
+            tracks = []
+            for local, vector, track in found:
                 locals_.append(dataclasses.replace(local, window=window))
                 vectors.append(vector)
+                tracks.append(track)
         report((batch_start + len(batch)) / len(starts))
     embeddings = np.stack(vectors) if vectors else np.zeros((0, 192), dtype=np.float32)
     return _Analysis(starts, step_frames, binarized, probability, count, locals_, embeddings)
@@ -331,49 +346,110 @@ def _window(audio: FloatArray, start: int) -> FloatArray:
     return chunk
 
 
+@dataclass(frozen=True)
+class _Track:
+    """A local speaker's frames in its window and the embedding it was given, for the
+    next window to link to (and reuse while it is recent and long enough)."""
+
+    speaking: npt.NDArray[np.bool_]  # (SEGMENTATION_NUM_FRAMES,)
+    vector: FloatArray
+    source_window: int  # where the embedding was computed
+    embedded_s: float  # seconds of single-speaker speech it was computed from (0: overlap)
+
+
+def _link(
+    tracks: Sequence[_Track],
+    pieces: Sequence[npt.NDArray[np.bool_]],
+    step_frames: int,
+    options: DiarizationOptions,
+) -> dict[int, int]:
+    """piece -> the previous window's track it continues: one-to-one, by the agreement
+    (intersection over union) of their activity where the two windows overlap."""
+    overlap = SEGMENTATION_NUM_FRAMES - step_frames
+    if not tracks or not pieces or overlap <= 0:
+        return {}
+    iou = np.zeros((len(pieces), len(tracks)))
+    for i, piece in enumerate(pieces):
+        new = piece[:overlap]
+        for j, track in enumerate(tracks):
+            old = track.speaking[step_frames:]
+            union = int((new | old).sum())
+            iou[i, j] = (new & old).sum() / union if union else 0.0
+    rows, cols = linear_sum_assignment(-iou)
+    return {
+        int(r): int(c) for r, c in zip(rows, cols, strict=True) if iou[r, c] >= options.link_min_iou
+    }
+
+
 def _embed_window(
     chunk: FloatArray,
     active: npt.NDArray[np.uint8],
     models: SpeakerModels,
     options: DiarizationOptions,
-) -> list[tuple[_LocalSpeaker, FloatArray]]:
-    """An embedding per local speaker, from its own single-speaker frames if enough."""
+    window: int = 0,
+    step_frames: int = SEGMENTATION_NUM_FRAMES,
+    tracks: Sequence[_Track] = (),
+) -> list[tuple[_LocalSpeaker, FloatArray, _Track]]:
+    """An embedding per local speaker, from its own single-speaker frames if enough; a
+    local speaker continuing a recent track of the previous window reuses its embedding."""
     if not active.any():
         return []
-    fbank = kaldi_fbank(chunk)
-    if fbank.shape[0] == 0:
-        return []
-    # the segmentation frame nearest to each fbank frame's centre
-    centres_s = _FBANK_CENTRE_S + _FBANK_SHIFT_S * np.arange(fbank.shape[0])
-    nearest = np.clip(
-        np.rint((centres_s - _FRAME_OFFSET_S) / _FRAME_STEP_S).astype(np.int64),
-        0,
-        SEGMENTATION_NUM_FRAMES - 1,
-    )
     alone = active.sum(axis=1) == 1
-    found = []
+    candidates = []
     for index in range(3):
         for first, end in _split_at_pauses(active[:, index].astype(bool), options):
             speaking = np.zeros(SEGMENTATION_NUM_FRAMES, dtype=bool)
             speaking[first:end] = active[first:end, index]
-            clean = speaking & alone
-            clean_s = float(clean.sum()) * _FRAME_STEP_S
-            active_s = float(speaking.sum()) * _FRAME_STEP_S
-            mask = clean if clean_s >= options.min_embed_s else speaking
-            selected = np.flatnonzero(mask[nearest])
-            if selected.size * _FBANK_SHIFT_S < options.min_embed_s:
-                continue
-            limit = round(options.max_embed_s / _FBANK_SHIFT_S)
-            if selected.size > limit:  # evenly spread frames keep the voice's variety
-                selected = selected[np.linspace(0, selected.size - 1, limit).astype(np.int64)]
-            features = fbank[selected]
-            features = features - features.mean(axis=0, keepdims=True)
-            vector = models.embed(features[None])[0]
-            norm = float(np.linalg.norm(vector))
-            if not np.isfinite(norm) or norm == 0.0:
-                continue
-            local = _LocalSpeaker(-1, index, clean_s, active_s, first, end)
-            found.append((local, (vector / norm).astype(np.float32)))
+            if speaking.any():
+                candidates.append((index, first, end, speaking))
+    links = {}
+    if options.reuse_span_s > 0:
+        links = _link(tracks, [c[3] for c in candidates], step_frames, options)
+    reuse_windows = options.reuse_span_s / max(step_frames * _FRAME_STEP_S, 1e-6)
+    fbank: FloatArray | None = None
+    nearest: npt.NDArray[np.int64] | None = None
+    found = []
+    for position, (index, first, end, speaking) in enumerate(candidates):
+        clean = speaking & alone
+        clean_s = float(clean.sum()) * _FRAME_STEP_S
+        active_s = float(speaking.sum()) * _FRAME_STEP_S
+        local = _LocalSpeaker(-1, index, clean_s, active_s, first, end)
+        previous = tracks[links[position]] if position in links else None
+        if (
+            previous is not None
+            and window - previous.source_window < reuse_windows
+            and previous.embedded_s >= options.reuse_min_s
+        ):
+            track = dataclasses.replace(previous, speaking=speaking)
+            found.append((local, previous.vector, track))
+            continue
+        if fbank is None:
+            fbank = kaldi_fbank(chunk)
+            # the segmentation frame nearest to each fbank frame's centre
+            centres_s = _FBANK_CENTRE_S + _FBANK_SHIFT_S * np.arange(fbank.shape[0])
+            nearest = np.clip(
+                np.rint((centres_s - _FRAME_OFFSET_S) / _FRAME_STEP_S).astype(np.int64),
+                0,
+                SEGMENTATION_NUM_FRAMES - 1,
+            )
+        assert nearest is not None
+        mask = clean if clean_s >= options.min_embed_s else speaking
+        selected = np.flatnonzero(mask[nearest])
+        if selected.size * _FBANK_SHIFT_S < options.min_embed_s:
+            continue
+        limit = round(options.max_embed_s / _FBANK_SHIFT_S)
+        if selected.size > limit:  # evenly spread frames keep the voice's variety
+            selected = selected[np.linspace(0, selected.size - 1, limit).astype(np.int64)]
+        features = fbank[selected]
+        features = features - features.mean(axis=0, keepdims=True)
+        vector = models.embed(features[None])[0]
+        norm = float(np.linalg.norm(vector))
+        if not np.isfinite(norm) or norm == 0.0:
+            continue
+        unit = (vector / norm).astype(np.float32)
+        # only an embedding of clean (single-speaker) speech is good enough to pass on
+        embedded_s = selected.size * _FBANK_SHIFT_S if clean_s >= options.min_embed_s else 0.0
+        found.append((local, unit, _Track(speaking, unit, window, embedded_s)))
     return found
 
 

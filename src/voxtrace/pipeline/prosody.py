@@ -57,6 +57,7 @@ def measure_words(
             volume_db=volume,
             pitch_hz=_clamp(pitch, MIN_PITCH_HZ, MAX_PITCH_HZ),
             voiced=measured is not None,
+            pitch_hz_raw=measured,
         )
         for volume, pitch, measured in zip(volumes, filled, pitches, strict=True)
     ]

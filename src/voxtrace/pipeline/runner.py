@@ -4,8 +4,13 @@
     initialisation                 0 – 10    (caller) models, job set-up
     audio extraction              10 – 25    fetch (URL) or local file, probe, ffmpeg
     speech detection (VAD)        25 – 40    Silero VAD
-    speaker identification        40 – 60    diarization (one speaker when no diarizer)
+    speaker identification        40 – 60    diarization (one speaker when switched off)
     transcript generation         60 – 75    faster-whisper, progress from its stream
+
+Diarization runs in a thread beside transcription (onnxruntime and CTranslate2 both
+release the GIL): on a GPU it hides entirely behind Whisper, on the CPU it fills the
+cores beam search leaves idle. Progress shows the speakers stage until it is done,
+then the transcript's, so it still climbs through the table's ranges in order.
     emotion and confidence        75 – 90    prosody, caption segments, emotion
     assembling the result         90 – 100   Result
 
@@ -16,8 +21,10 @@ and options and reports `(progress, message)` through a callable.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -28,12 +35,13 @@ import numpy.typing as npt
 from voxtrace.domain import JobOptions, Result, Segment, SpeakerTurn, SpeechRegion
 from voxtrace.errors import AudioExtractionError, MediaTooLong
 from voxtrace.models import ModelBundle
-from voxtrace.pipeline.assemble import DEFAULT_SPEAKER, SegmentRules, build_segments
+from voxtrace.pipeline.assemble import DEFAULT_SPEAKER, build_segments
 from voxtrace.pipeline.audio import SAMPLE_RATE, AudioOptions, extract_audio_streams, probe
+from voxtrace.pipeline.captions import CaptionRules
 from voxtrace.pipeline.fetch import FetchOptions, fetch, filename_from_url
 from voxtrace.pipeline.prosody import measure_words
 from voxtrace.pipeline.transcribe import TranscribeOptions, transcribe
-from voxtrace.pipeline.vad import VadOptions, detect_speech
+from voxtrace.pipeline.vad import VadOptions, detect_speech, speech_probabilities
 
 __all__ = [
     "STAGES",
@@ -66,7 +74,9 @@ class PipelineOptions:
     audio: AudioOptions = field(default_factory=AudioOptions)
     vad: VadOptions = field(default_factory=VadOptions)
     transcribe: TranscribeOptions = field(default_factory=TranscribeOptions)
-    segments: SegmentRules = field(default_factory=SegmentRules)
+    # Caption rules per language code (CaptionRules.for_language's defaults otherwise);
+    # a job's own caption options override either.
+    captions: dict[str, CaptionRules] = field(default_factory=dict)
 
 
 StageTimer = Callable[[str, float], None]  # (stage name, wall seconds) once it ends
@@ -158,29 +168,32 @@ def run_pipeline(
     progress.stage("vad")
     samples, regions = _track_with_speech(tracks, opts.vad)
     del tracks
+    speech_prob = speech_probabilities(samples) if regions else None
     logger.info("Found %d speech regions", len(regions))
 
     progress.stage("speakers")
-    turns = _speaker_turns(
-        samples, regions, models, job, lambda fraction: progress.within("speakers", fraction)
-    )
-
-    progress.stage("transcript")
     transcribe_opts = opts.transcribe
     if job.language:
         transcribe_opts = replace(transcribe_opts, language=job.language)
-    transcription = transcribe(
-        samples,
-        regions,
-        models.whisper,
-        transcribe_opts,
-        lambda fraction: progress.within("transcript", fraction),
-    )
+    both = _TwoStages(progress)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="diarize") as pool:
+        diarizing = pool.submit(both.run_speakers, _speaker_turns, samples, regions, models, job)
+        try:
+            transcription = transcribe(
+                samples, regions, models.whisper, transcribe_opts, both.transcript, speech_prob
+            )
+        except BaseException:
+            both.cancel()  # the diarizer stops at its next progress report
+            raise
+        turns = diarizing.result()
 
     progress.stage("analysis")
     words = [w for seg in transcription.segments for w in seg.words]
     prosody = measure_words(samples, words)
-    segments = build_segments(transcription, prosody, turns, opts.segments)
+    language = transcription.language
+    rules = opts.captions.get(language) or CaptionRules.for_language(language)
+    rules = rules.with_overrides(job.to_dict())
+    segments = build_segments(transcription, prosody, turns, rules)
     segments = _classify_emotions(segments, transcription.language, models)
 
     progress.stage("assemble")
@@ -189,6 +202,7 @@ def run_pipeline(
         duration_s=duration_s,
         language=transcription.language,
         segments=tuple(segments),
+        speaker_turns=tuple(turns),
     )
     progress.finish()
     return result
@@ -218,6 +232,57 @@ def _speech_s(regions: Sequence[SpeechRegion]) -> float:
     return sum(r.end_s - r.start_s for r in regions)
 
 
+class _Cancelled(Exception):
+    """Stops the diarizer thread once transcription has failed."""
+
+
+class _TwoStages:
+    """Progress of diarization and transcription running side by side: the speakers
+    stage's range until diarization is done, then the transcript's (never backwards)."""
+
+    def __init__(self, progress: ProgressReporter) -> None:
+        self._progress = progress
+        self._lock = threading.Lock()
+        self._speakers = 0.0
+        self._transcript = 0.0
+        self._cancelled = False
+        self._transcribing = False
+
+    def cancel(self) -> None:
+        self._cancelled = True
+
+    def run_speakers(
+        self,
+        stage: Callable[..., list[SpeakerTurn]],
+        *args: object,
+    ) -> list[SpeakerTurn]:
+        """Run the speakers stage with this progress, and mark it done when it returns."""
+        turns = stage(*args, self.speakers)
+        self.speakers(1.0)
+        return turns
+
+    def speakers(self, fraction: float) -> None:
+        if self._cancelled:
+            raise _Cancelled
+        with self._lock:
+            self._speakers = fraction
+            self._emit()
+
+    def transcript(self, fraction: float) -> None:
+        with self._lock:
+            self._transcript = fraction
+            self._emit()
+
+    def _emit(self) -> None:
+        if self._speakers < 1.0:
+            self._progress.within("speakers", self._speakers)
+            return
+        if not self._transcribing:
+            self._transcribing = True
+            self._progress.stage("transcript")
+        self._progress.within("transcript", self._transcript)
+
+
 def _speaker_turns(
     samples: npt.NDArray[np.float32],
     regions: Sequence[SpeechRegion],
@@ -225,10 +290,11 @@ def _speaker_turns(
     job: JobOptions,
     on_progress: Callable[[float], None],
 ) -> list[SpeakerTurn]:
-    """Diarization hook: one speaker over all speech when no diarizer is loaded."""
+    """Diarization hook: one speaker over all speech when diarization is switched off."""
     if not regions:
         return []
     if models.diarizer is None:
+        logger.info("Diarization is off: every word goes to %s", DEFAULT_SPEAKER)
         return [SpeakerTurn(regions[0].start_s, regions[-1].end_s, DEFAULT_SPEAKER)]
     from voxtrace.pipeline.diarize import SpeakerHints, diarize
 

@@ -15,7 +15,9 @@ import numpy.typing as npt
 from voxtrace.domain import SpeechRegion
 from voxtrace.pipeline.audio import SAMPLE_RATE
 
-__all__ = ["VadOptions", "detect_speech"]
+__all__ = ["VAD_WINDOW_SAMPLES", "VadOptions", "detect_speech", "speech_probabilities"]
+
+VAD_WINDOW_SAMPLES = 512  # Silero's window at 16 kHz: one probability per 32 ms
 
 
 @dataclass(frozen=True)
@@ -49,3 +51,15 @@ def detect_speech(samples: npt.NDArray[np.float32], opts: VadOptions) -> list[Sp
         for chunk in chunks
         if chunk["end"] > chunk["start"]
     ]
+
+
+def speech_probabilities(samples: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """Silero's speech probability per `VAD_WINDOW_SAMPLES` window of the whole audio:
+    the evidence transcription checks its segments against."""
+    from faster_whisper.vad import get_vad_model
+
+    if samples.size == 0:
+        return np.zeros(0, dtype=np.float32)
+    padded = np.pad(samples, (0, -samples.shape[0] % VAD_WINDOW_SAMPLES))
+    probabilities = get_vad_model()(padded)
+    return np.asarray(probabilities, dtype=np.float32).reshape(-1)

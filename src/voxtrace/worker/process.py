@@ -34,6 +34,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from voxtrace.config import Settings
+from voxtrace.models import ModelsNotReady
 from voxtrace.store import open_store
 from voxtrace.store.base import JobStore, WorkerInfo
 from voxtrace.store.outage import STORE_UNAVAILABLE, StoreOutage, WorkerStopping
@@ -165,7 +166,11 @@ def worker_main(
         return
     presence = Presence(store, worker_id, outage, settings.worker_report_s)
     presence.seen(presence.info)
-    models = load_models(settings)
+    try:
+        models = load_models(settings)
+    except ModelsNotReady as exc:  # removed after `serve` checked them: not ready, backs off
+        log.error("worker %s cannot start: %s", worker_id, exc)
+        return
     presence.info["models_loaded"] = True
     runner = JobRunner(settings, store, models, worker_id, stopping, outage)
     last_seen = 0.0

