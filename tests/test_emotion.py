@@ -19,7 +19,16 @@ import pytest
 from scripts.train_emotion import BACKCHANNELS_TRAIN
 
 from voxtrace import cli
-from voxtrace.domain import JobOptions, Segment, Word
+from voxtrace.domain import (
+    JobOptions,
+    Segment,
+    SpeakerTurn,
+    TranscribedSegment,
+    TranscribedWord,
+    Transcription,
+    Word,
+    WordProsody,
+)
 from voxtrace.models import ModelBundle
 from voxtrace.models.emotion import (
     EMOTION_LABELS,
@@ -30,8 +39,10 @@ from voxtrace.models.emotion import (
     load_emotion_model,
 )
 from voxtrace.models.text_encoder import MiniLMEncoder
+from voxtrace.pipeline.assemble import SegmentRules, SegmentTextStream, build_segments
 from voxtrace.pipeline.emotion import (
     NO_TEXT_MAX_PROBABILITY,
+    EmotionPrefetch,
     SegmentArousal,
     adjust_for_arousal,
     classify_segments,
@@ -263,6 +274,70 @@ def test_with_emotions_fills_every_segment(model: EmotionModel) -> None:
     assert [s.start_s for s in filled] == [s.start_s for s in segments]
 
 
+# ------------------------------------------------------- encoding during transcription
+
+
+def _transcription() -> tuple[Transcription, list[SpeakerTurn]]:
+    """Whisper-like segments whose cuts do not match the caption cuts: a sentence runs
+    across two segments, a speaker changes inside one, a pause splits one, and one
+    sentence is too long for one caption."""
+    said = [
+        [("정말", 0.0), (" 반가워요,", 0.4), (" 오늘", 0.8)],
+        [(" 날씨가", 1.2), (" 좋네요.", 1.6), (" 네", 2.0)],
+        [(" 맞아요", 2.4), (" 그런데", 6.0), (" 내일은", 6.4)],
+        [(f" 말{i}", 6.8 + 0.4 * i) for i in range(30)],
+        [(" 끝.", 19.0)],
+    ]
+    segments = []
+    for part in said:
+        words = tuple(TranscribedWord(t, s, s + 0.3, 0.9) for t, s in part)
+        text = "".join(w.text for w in words)
+        segments.append(TranscribedSegment(words[0].start_s, words[-1].end_s, text, words))
+    turns = [SpeakerTurn(0.0, 1.9, "A"), SpeakerTurn(1.9, 30.0, "B")]
+    return Transcription("ko", 1.0, tuple(segments)), turns
+
+
+def test_segment_text_stream_gives_exactly_the_caption_texts() -> None:
+    transcription, turns = _transcription()
+    rules = SegmentRules()
+    prosody = [WordProsody(-20.0, 150.0, True) for s in transcription.segments for _ in s.words]
+    captions = [s.text for s in build_segments(transcription, prosody, turns, rules)]
+    stream = SegmentTextStream(turns, rules)
+    early = [t for seg in transcription.segments for t in stream.add(seg)]
+    assert early + stream.finish() == captions
+    assert len(captions) == 4 and len(early) == 2  # half were known before the end
+
+
+def test_prefetch_embeds_every_caption_and_changes_no_result(model: EmotionModel) -> None:
+    transcription, turns = _transcription()
+    rules = SegmentRules()
+    prosody = [WordProsody(-20.0, 150.0, True) for s in transcription.segments for _ in s.words]
+    segments = build_segments(transcription, prosody, turns, rules)
+    with EmotionPrefetch(model, turns, rules) as prefetch:
+        for seg in transcription.segments:
+            prefetch.add(seg)
+    known = prefetch.embeddings()
+    assert set(known) == {s.text.strip() for s in segments}
+    with_known = with_emotions(segments, "ko", model, known)
+    without = with_emotions(segments, "ko", model)
+    for a, b in zip(with_known, without, strict=True):
+        assert a.emotion is not None and b.emotion is not None
+        assert a.emotion.label == b.emotion.label
+        for label in EMOTION_LABELS:
+            assert a.emotion.probabilities[label] == pytest.approx(
+                b.emotion.probabilities[label], abs=1e-4
+            )
+
+
+def test_prefetch_stops_cleanly_when_the_job_fails(model: EmotionModel) -> None:
+    transcription, turns = _transcription()
+    with pytest.raises(RuntimeError), EmotionPrefetch(model, turns, SegmentRules()) as prefetch:
+        prefetch.add(transcription.segments[0])
+        prefetch.add(transcription.segments[1])
+        raise RuntimeError("transcription failed")
+    assert not prefetch._thread.is_alive()
+
+
 # ----------------------------------------------------------------------- pipeline
 
 
@@ -330,6 +405,8 @@ def test_head_asset_is_small_and_calibrated(model: EmotionModel) -> None:
     prior = np.exp(model.head.log_prior.astype(np.float64))
     assert prior.sum() == pytest.approx(1.0, abs=1e-5)
     assert EMOTION_LABELS[int(np.argmax(prior))] == "neutral"
+    ko_prior = np.exp(model.head.log_prior_for("ko").astype(np.float64))
+    assert ko_prior.sum() == pytest.approx(1.0, abs=1e-5)
     assert model.head.labels == EMOTION_LABELS
 
 
@@ -359,3 +436,21 @@ def test_kote_targets_weigh_classes_by_their_base_rate(tmp_path: Path) -> None:
     # Joy is common (5 labels in 5 rows: 1 per row), fear rare (0.2 per row): one fear
     # label (5x its rate) outweighs two joy labels (2x), where raw counts would say joy.
     assert labels == ["anger", "joy", "fear", "neutral"]
+
+
+def test_korean_uses_its_own_prior_and_english_the_conversational_one(
+    model: EmotionModel,
+) -> None:
+    head = model.head
+    assert "ko" in head.language_log_priors
+    assert not np.allclose(head.log_prior_for("ko"), head.log_prior)
+    assert np.array_equal(head.log_prior_for("en-US"), head.log_prior)
+    assert np.array_equal(head.log_prior_for("de"), head.log_prior)
+    text = "진짜 어이가 없어서 할 말이 없네요."
+    x = model.encoder.encode([text])
+    t = np.array([model.temperature_for("ko")], dtype=np.float32)
+    np.testing.assert_allclose(
+        model.predict_proba([text], "ko"),
+        head.probabilities(x, t, head.log_prior_for("ko")),
+        atol=1e-5,
+    )

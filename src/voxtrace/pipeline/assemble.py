@@ -16,6 +16,7 @@ from voxtrace.domain import (
     Result,
     Segment,
     SpeakerTurn,
+    TranscribedSegment,
     Transcription,
     Word,
     WordProsody,
@@ -25,6 +26,7 @@ from voxtrace.pipeline.prosody import MAX_PITCH_HZ, MAX_VOLUME_DB, MIN_PITCH_HZ,
 __all__ = [
     "DEFAULT_SPEAKER",
     "SegmentRules",
+    "SegmentTextStream",
     "assign_speaker",
     "build_segments",
     "result_to_contract",
@@ -88,13 +90,68 @@ def build_segments(
         )
         for raw, p in zip(raw_words, prosody, strict=True)
     ]
+    return [
+        _make_segment(part)
+        for sentence in _sentences(words, rules)
+        for part in _split_long(sentence, rules)
+    ]
+
+
+def _sentences(words: Sequence[Word], rules: SegmentRules) -> list[list[Word]]:
+    """Words grouped at natural cuts; a cut depends only on the two words around it."""
     sentences: list[list[Word]] = []
     for word in words:
         if sentences and not _is_boundary(sentences[-1][-1], word, rules):
             sentences[-1].append(word)
         else:
             sentences.append([word])
-    return [_make_segment(part) for sentence in sentences for part in _split_long(sentence, rules)]
+    return sentences
+
+
+class SegmentTextStream:
+    """The caption texts `build_segments` will produce, as soon as each is certain.
+
+    Fed the transcription segment by segment (while Whisper still decodes), it yields
+    the texts of every sentence a later word has closed; `finish()` yields the rest.
+    Text depends only on words, timing and speaker turns (known before transcription),
+    never on prosody, so these are exactly the final segments' texts.
+    """
+
+    def __init__(self, turns: Sequence[SpeakerTurn], rules: SegmentRules | None = None) -> None:
+        self._turns = turns
+        self._rules = rules or SegmentRules()
+        self._open: list[Word] = []  # words of the sentence no later word has closed yet
+
+    def add(self, segment: TranscribedSegment) -> list[str]:
+        for raw in segment.words:
+            self._open.append(
+                Word(
+                    text=raw.text,
+                    start_s=raw.start_s,
+                    end_s=raw.end_s,
+                    confidence=raw.probability,
+                    speaker_id=assign_speaker(raw.start_s, raw.end_s, self._turns),
+                    volume_db=0.0,
+                    pitch_hz=0.0,
+                )
+            )
+        sentences = _sentences(self._open, self._rules)
+        if len(sentences) < 2:
+            return []
+        self._open = sentences[-1]
+        return self._texts(sentences[:-1])
+
+    def finish(self) -> list[str]:
+        texts = self._texts(_sentences(self._open, self._rules))
+        self._open = []
+        return texts
+
+    def _texts(self, sentences: Sequence[list[Word]]) -> list[str]:
+        return [
+            _join_words(part)
+            for sentence in sentences
+            for part in _split_long(sentence, self._rules)
+        ]
 
 
 def _is_boundary(last: Word, nxt: Word, rules: SegmentRules) -> bool:

@@ -21,20 +21,25 @@ prior, not a fitted model; `bench/emotion.py` shows their effect on examples.
 
 from __future__ import annotations
 
+import logging
 import math
+import queue
+import threading
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from statistics import median
 
 import numpy as np
 import numpy.typing as npt
 
-from voxtrace.domain import Emotion, Segment
+from voxtrace.domain import Emotion, Segment, SpeakerTurn, TranscribedSegment
 from voxtrace.models.emotion import EMOTION_LABELS, EmotionModel
+from voxtrace.pipeline.assemble import SegmentRules, SegmentTextStream
 
 __all__ = [
     "AROUSAL_WEIGHTS",
+    "EmotionPrefetch",
     "SegmentArousal",
     "adjust_for_arousal",
     "classify_segments",
@@ -44,6 +49,7 @@ __all__ = [
 ]
 
 FloatArray = npt.NDArray[np.float64]
+logger = logging.getLogger(__name__)
 
 # Log-probability shift per unit of arousal. Positive: more likely when the voice is
 # louder/higher than the speaker's baseline (the high-arousal emotions of the
@@ -67,6 +73,7 @@ PITCH_SCALE_SEMITONES = 3.0
 MIN_SPEAKER_WORDS = 5  # fewer words give no trustworthy baseline: no voice adjustment
 NO_TEXT_NEUTRAL = 0.5
 NO_TEXT_MAX_PROBABILITY = 0.5
+_PREFETCH_BATCH = 16  # texts per background encoder call (small: keeps it interleaved)
 _WEIGHTS = np.array([AROUSAL_WEIGHTS[label] for label in EMOTION_LABELS])
 
 
@@ -157,12 +164,14 @@ def classify_segments(
     arousal: Sequence[SegmentArousal | None],
     language: str,
     model: EmotionModel,
+    known: Mapping[str, npt.NDArray[np.float32]] | None = None,
 ) -> list[Emotion]:
     """One Emotion per text; `arousal[i]` (None = no voice information) belongs to texts[i].
 
     `language` is the transcription's language code: text in a language the encoder
     covers uses the text model, the rest (and empty texts) the voice-only fallback. All
-    distinct texts go through the encoder in batched calls.
+    distinct texts go through the encoder in batched calls, except those in `known`
+    (embeddings an `EmotionPrefetch` computed while the transcription ran).
     """
     if len(texts) != len(arousal):
         raise ValueError("texts and arousal must have the same length")
@@ -170,7 +179,7 @@ def classify_segments(
     text_indices = [i for i, t in enumerate(texts) if covered and t.strip()]
     # Each distinct text once: conversation repeats its backchannels ("네.", "Yeah.").
     unique = sorted({texts[i].strip() for i in text_indices})
-    probs = model.predict_proba(unique, language).astype(np.float64)
+    probs = model.predict_proba(unique, language, known).astype(np.float64)
     by_text = dict(zip(unique, probs, strict=True))
     by_index = {i: by_text[texts[i].strip()] for i in text_indices}
 
@@ -187,10 +196,82 @@ def classify_segments(
 
 
 def with_emotions(
-    segments: Sequence[Segment], language: str, model: EmotionModel
+    segments: Sequence[Segment],
+    language: str,
+    model: EmotionModel,
+    known: Mapping[str, npt.NDArray[np.float32]] | None = None,
 ) -> tuple[Segment, ...]:
     """The segments with `emotion` filled in: voice baselines per speaker, then classify."""
     emotions = classify_segments(
-        [s.text for s in segments], segment_arousal(segments), language, model
+        [s.text for s in segments], segment_arousal(segments), language, model, known
     )
     return tuple(replace(s, emotion=e) for s, e in zip(segments, emotions, strict=True))
+
+
+class EmotionPrefetch:
+    """Encodes caption texts in a background thread while Whisper is still decoding.
+
+    Text embedding is most of emotion's cost; Whisper leaves part of the CPU idle (its
+    beam search is partly serial), so encoding each caption as soon as its text is
+    certain (`SegmentTextStream`) takes emotion mostly off the job's critical path. The
+    results are the same as encoding afterwards: the same texts, the same encoder.
+    Memory: one 384-float vector per distinct caption (about 1.5 KB), bounded by the
+    recording's length; the queue holds texts only.
+
+    Use as a context manager around transcription; `embeddings()` after it.
+    """
+
+    def __init__(
+        self, model: EmotionModel, turns: Sequence[SpeakerTurn], rules: SegmentRules
+    ) -> None:
+        self._model = model
+        self._texts = SegmentTextStream(turns, rules)
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._done: dict[str, npt.NDArray[np.float32]] = {}
+        self._seen: set[str] = set()
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._work, name="emotion-prefetch", daemon=True)
+
+    def __enter__(self) -> EmotionPrefetch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if exc[0] is not None:
+            self._stopped.set()  # failing job: drop the backlog
+        else:
+            self._submit(self._texts.finish())
+        self._queue.put(None)
+        self._thread.join()
+
+    def add(self, segment: TranscribedSegment) -> None:
+        """transcribe()'s on_segment hook: queue the captions this segment completed."""
+        self._submit(self._texts.add(segment))
+
+    def embeddings(self) -> dict[str, npt.NDArray[np.float32]]:
+        """Text (stripped, as classify_segments keys it) -> embedding, after the block."""
+        return dict(self._done)
+
+    def _submit(self, texts: Sequence[str]) -> None:
+        for text in texts:
+            text = text.strip()
+            if text and text not in self._seen:
+                self._seen.add(text)
+                self._queue.put(text)
+
+    def _work(self) -> None:
+        while True:
+            batch = [self._queue.get()]
+            while len(batch) < _PREFETCH_BATCH and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            texts = [t for t in batch if t is not None]
+            if texts and not self._stopped.is_set():
+                try:
+                    vectors = self._model.encoder.encode(texts)
+                except Exception:  # any failure: the main thread encodes these again
+                    logger.warning("emotion prefetch failed; encoding after transcription")
+                    self._stopped.set()
+                else:
+                    self._done.update(zip(texts, vectors, strict=True))
+            if None in batch:
+                return

@@ -16,9 +16,11 @@ and options and reports `(progress, message)` through a callable.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -33,6 +35,9 @@ from voxtrace.pipeline.fetch import FetchOptions, fetch, filename_from_url
 from voxtrace.pipeline.prosody import measure_words
 from voxtrace.pipeline.transcribe import TranscribeOptions, transcribe
 from voxtrace.pipeline.vad import VadOptions, detect_speech
+
+if TYPE_CHECKING:
+    from voxtrace.pipeline.emotion import EmotionPrefetch
 
 __all__ = ["STAGES", "AudioOptions", "PipelineOptions", "ProgressReporter", "run_pipeline"]
 
@@ -141,19 +146,22 @@ def run_pipeline(
     transcribe_opts = opts.transcribe
     if job.language:
         transcribe_opts = replace(transcribe_opts, language=job.language)
-    transcription = transcribe(
-        samples,
-        regions,
-        models.whisper,
-        transcribe_opts,
-        lambda fraction: progress.within("transcript", fraction),
-    )
+    with _emotion_prefetch(models, job, turns, opts.segments) as prefetch:
+        transcription = transcribe(
+            samples,
+            regions,
+            models.whisper,
+            transcribe_opts,
+            lambda fraction: progress.within("transcript", fraction),
+            prefetch.add if prefetch is not None else None,
+        )
+    known = prefetch.embeddings() if prefetch is not None else {}
 
     progress.stage("analysis")
     words = [w for seg in transcription.segments for w in seg.words]
     prosody = measure_words(samples, words)
     segments = build_segments(transcription, prosody, turns, opts.segments)
-    segments = _classify_emotions(segments, transcription.language, models)
+    segments = _classify_emotions(segments, transcription.language, models, known)
 
     progress.stage("assemble")
     return Result(
@@ -186,8 +194,25 @@ def _speaker_turns(
     return list(diarize(samples, regions, models.diarizer, hints, on_progress))
 
 
+@contextmanager
+def _emotion_prefetch(
+    models: ModelBundle, job: JobOptions, turns: Sequence[SpeakerTurn], rules: SegmentRules
+) -> Iterator[EmotionPrefetch | None]:
+    """Caption texts encoded while Whisper decodes, when the text model will be used."""
+    if models.emotion is None or (job.language and not models.emotion.covers(job.language)):
+        yield None
+        return
+    from voxtrace.pipeline.emotion import EmotionPrefetch
+
+    with EmotionPrefetch(models.emotion, turns, rules) as prefetch:
+        yield prefetch
+
+
 def _classify_emotions(
-    segments: list[Segment], language: str, models: ModelBundle
+    segments: list[Segment],
+    language: str,
+    models: ModelBundle,
+    known: Mapping[str, npt.NDArray[np.float32]],
 ) -> list[Segment]:
     """Emotion hook: segments come back with `emotion` set, or unchanged without a model.
 
@@ -198,4 +223,4 @@ def _classify_emotions(
         return segments
     from voxtrace.pipeline.emotion import with_emotions
 
-    return list(with_emotions(segments, language, models.emotion))
+    return list(with_emotions(segments, language, models.emotion, known))

@@ -63,8 +63,10 @@ def transcribe(
     model: WhisperModel,
     opts: TranscribeOptions,
     on_progress: Callable[[float], None],
+    on_segment: Callable[[TranscribedSegment], None] | None = None,
 ) -> Transcription:
-    """Decode the speech in `regions`; `on_progress(fraction)` follows each segment."""
+    """Decode the speech in `regions`; `on_progress(fraction)` follows each segment, and
+    `on_segment` (optional) gets each segment as soon as it is decoded."""
     from faster_whisper.vad import SpeechTimestampsMap, collect_chunks
 
     chunks = [
@@ -101,6 +103,8 @@ def transcribe(
             segment = _restore(raw, ts_map, opts)
             if segment is not None:
                 segments.append(segment)
+                if on_segment is not None:
+                    on_segment(segment)
     except (RuntimeError, ValueError, IndexError) as exc:
         logger.debug("Transcription failed: %s", exc)
         raise TranscriptionError() from None
