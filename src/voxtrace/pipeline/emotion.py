@@ -73,6 +73,7 @@ PITCH_SCALE_SEMITONES = 3.0
 MIN_SPEAKER_WORDS = 5  # fewer words give no trustworthy baseline: no voice adjustment
 NO_TEXT_NEUTRAL = 0.5
 NO_TEXT_MAX_PROBABILITY = 0.5
+_PREFETCH_THREADS = 1
 _PREFETCH_BATCH = 16  # texts per background encoder call (small: keeps it interleaved)
 _WEIGHTS = np.array([AROUSAL_WEIGHTS[label] for label in EMOTION_LABELS])
 
@@ -260,6 +261,12 @@ class EmotionPrefetch:
                 self._queue.put(text)
 
     def _work(self) -> None:
+        # One core: Whisper keeps its threads, and one thread keeps pace with its output
+        # (about 0.1 s per caption against seconds of decoding per caption). Two OpenMP
+        # teams of two on two cores measured slower than no background encoding at all.
+        limit = getattr(self._model.encoder, "limit_threads_here", None)
+        if callable(limit):
+            limit(_PREFETCH_THREADS)
         while True:
             batch = [self._queue.get()]
             while len(batch) < _PREFETCH_BATCH and not self._queue.empty():
