@@ -193,7 +193,7 @@ def _pipeline_cost(fixtures: Path, model: EmotionModel) -> list[str]:
         full = ModelBundle(whisper=bare.whisper, diarizer=bare.diarizer, emotion=model)
 
         def timed(bundle: ModelBundle) -> tuple[float, float, Result]:
-            """Whole run, and its tail: from Whisper's last segment to assembling
+            """Whole run, and its tail: from Whisper's last segment to assembling (the
             prosody, captions, emotion), seconds."""
             marks: dict[str, float] = {}
 
