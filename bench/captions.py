@@ -78,6 +78,11 @@ SWEEP = (
     ),
     Config("no temperature fallback", language=_KO, overrides=(("temperatures", (0.0,)),)),
     Config("beam 1 (greedy)", language=_KO, overrides=(("beam_size", 1),)),
+    Config(
+        "whole clip as bare Whisper reads it (pad 30 s)",
+        language=_KO,
+        overrides=(("chunk_pad_s", 30.0), ("merge_gap_s", math.inf)),
+    ),
 )
 
 

@@ -70,7 +70,7 @@ def test_a_short_clip_is_decoded_as_one_span_by_default() -> None:
     regions = [SpeechRegion(1.0, 3.0), SpeechRegion(4.5, 8.0)]
     model = RecordingModel()
     opts = TranscribeOptions(language="ko")
-    transcribe(samples, regions, model, opts, lambda _: None)  # type: ignore[arg-type]
+    transcribe(samples, regions, model, opts, lambda _: None)
     (audio,) = model.audio
     pad = opts.chunk_pad_s
     np.testing.assert_array_equal(audio, samples[round((1.0 - pad) * SR) : round((8.0 + pad) * SR)])
@@ -81,6 +81,6 @@ def test_a_long_pause_is_still_cut_out() -> None:
     samples = np.arange(20 * SR, dtype=np.float32)
     regions = [SpeechRegion(1.0, 3.0), SpeechRegion(10.0, 12.0)]
     model = RecordingModel()
-    transcribe(samples, regions, model, TranscribeOptions(language="ko"), lambda _: None)  # type: ignore[arg-type]
+    transcribe(samples, regions, model, TranscribeOptions(language="ko"), lambda _: None)
     (audio,) = model.audio
     assert audio.shape[0] == round((2.0 + 0.8) * SR) * 2
