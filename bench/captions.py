@@ -31,9 +31,11 @@ from typing import Any
 
 import jiwer
 
+from bench import SHARED_FIXTURES
+
 __all__ = ["run"]
 
-DEFAULT_FIXTURES = Path("/work/shared/fixtures")
+DEFAULT_FIXTURES = SHARED_FIXTURES
 THREADS = 2
 CACHE = Path(os.environ.get("VOXTRACE_BENCH_CACHE", "/tmp/captions"))
 

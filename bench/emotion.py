@@ -48,6 +48,7 @@ from scripts.train_emotion import (
     kote_test,
 )
 
+from bench import SHARED_FIXTURES
 from voxtrace.domain import Result
 from voxtrace.models.emotion import EMOTION_LABELS, EmotionModel, load_emotion_model
 from voxtrace.pipeline.emotion import (
@@ -59,8 +60,8 @@ from voxtrace.pipeline.emotion import (
 
 __all__ = ["main", "run"]
 
-DEFAULT_DATA = Path("/work/shared/fixtures/emotion")
-DEFAULT_FIXTURES = Path("/work/shared/fixtures")
+DEFAULT_DATA = SHARED_FIXTURES / "emotion"
+DEFAULT_FIXTURES = SHARED_FIXTURES
 NEUTRAL = EMOTION_LABELS.index("neutral")
 # The examples of short conversational lines (none is in the training list).
 BACKCHANNELS = ("yeah", "okay", "Yeah.", "Okay.", "what?", "응", "네", "네.", "뭐?", "어?")
