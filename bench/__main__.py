@@ -11,14 +11,13 @@ import platform
 import sys
 from pathlib import Path
 
-from bench import api, captions, diarization, emotion, media, pipeline
+from bench import SHARED_FIXTURES, api, captions, diarization, emotion, media, pipeline
 
 OUT = Path("docs/benchmarks.md")
 
 
 def main(argv: list[str]) -> int:
-    beside_repo = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
-    fixtures = Path(argv[0]) if argv else beside_repo
+    fixtures = Path(argv[0]) if argv else SHARED_FIXTURES
     sections = [
         pipeline.run(fixtures),
         captions.run(fixtures),

@@ -28,12 +28,13 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from bench import SHARED_FIXTURES
 from voxtrace.domain import SpeakerTurn, SpeechRegion
 from voxtrace.models.speaker import SpeakerModels, load_speaker_models
 from voxtrace.pipeline.diarize import DiarizationOptions, SpeakerHints, diarize
 from voxtrace.pipeline.vad import VadOptions, detect_speech
 
-DEFAULT_FIXTURES = Path("/work/shared/fixtures/diarization")
+DEFAULT_FIXTURES = SHARED_FIXTURES / "diarization"
 DEFAULT_MODELS = Path("data/models/speaker")
 CALIBRATION_PREFIX = "ami-trn"  # the threshold is chosen on these; dev and others are held out
 SAMPLE_RATE = 16000

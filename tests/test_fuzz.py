@@ -142,6 +142,16 @@ def test_the_fuzzed_operations_are_all_the_operations(api_schema: OpenApiSchema)
     )
 
 
+def _is_cpython_ast_bug(exc: BaseException) -> bool:
+    """True when `exc` is, or holds, CPython's spurious "AST constructor recursion depth
+    mismatch" SystemError (seen on 3.11.7 inside hypothesis' lambda descriptions)."""
+    if isinstance(exc, SystemError) and "AST constructor recursion depth" in str(exc):
+        return True
+    inner = list(getattr(exc, "exceptions", ()))
+    inner += [e for e in (exc.__cause__, exc.__context__) if e is not None]
+    return any(_is_cpython_ast_bug(e) for e in inner)
+
+
 @pytest.mark.parametrize(
     ("label", "mode"),
     [(label, GenerationMode.POSITIVE) for label in OPERATIONS]
@@ -176,7 +186,15 @@ def test_every_operation_answers_as_documented(
         response = case.call_and_validate(additional_checks=[voxtrace_error_envelope])
         statuses[response.status_code] += 1
 
-    fuzz()
+    try:
+        fuzz()
+    except Exception as exc:  # hypothesis wraps it (FlakyFailure, an ExceptionGroup)
+        if not _is_cpython_ast_bug(exc):
+            raise
+        # CPython 3.11's AST constructor can fail spuriously while hypothesis describes a
+        # lambda of schemathesis' for a repr ("recursion depth mismatch"): not our API.
+        statuses.clear()
+        fuzz()
     # The fuzzing reached the handlers: valid input is accepted, invalid input refused.
     if mode is GenerationMode.POSITIVE:
         assert statuses[200] > 0, statuses

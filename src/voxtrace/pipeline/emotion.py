@@ -21,9 +21,10 @@ prior, not a fitted model; `bench/emotion.py` shows their effect on examples.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from statistics import median
 
@@ -44,6 +45,7 @@ __all__ = [
 ]
 
 FloatArray = npt.NDArray[np.float64]
+logger = logging.getLogger(__name__)
 
 # Log-probability shift per unit of arousal. Positive: more likely when the voice is
 # louder/higher than the speaker's baseline (the high-arousal emotions of the
@@ -157,12 +159,14 @@ def classify_segments(
     arousal: Sequence[SegmentArousal | None],
     language: str,
     model: EmotionModel,
+    known: Mapping[str, npt.NDArray[np.float32]] | None = None,
 ) -> list[Emotion]:
     """One Emotion per text; `arousal[i]` (None = no voice information) belongs to texts[i].
 
     `language` is the transcription's language code: text in a language the encoder
     covers uses the text model, the rest (and empty texts) the voice-only fallback. All
-    distinct texts go through the encoder in batched calls.
+    distinct texts go through the encoder in batched calls, except those in `known`
+    (embeddings computed earlier, keyed by the stripped text).
     """
     if len(texts) != len(arousal):
         raise ValueError("texts and arousal must have the same length")
@@ -170,7 +174,7 @@ def classify_segments(
     text_indices = [i for i, t in enumerate(texts) if covered and t.strip()]
     # Each distinct text once: conversation repeats its backchannels ("네.", "Yeah.").
     unique = sorted({texts[i].strip() for i in text_indices})
-    probs = model.predict_proba(unique, language).astype(np.float64)
+    probs = model.predict_proba(unique, language, known).astype(np.float64)
     by_text = dict(zip(unique, probs, strict=True))
     by_index = {i: by_text[texts[i].strip()] for i in text_indices}
 
@@ -187,10 +191,13 @@ def classify_segments(
 
 
 def with_emotions(
-    segments: Sequence[Segment], language: str, model: EmotionModel
+    segments: Sequence[Segment],
+    language: str,
+    model: EmotionModel,
+    known: Mapping[str, npt.NDArray[np.float32]] | None = None,
 ) -> tuple[Segment, ...]:
     """The segments with `emotion` filled in: voice baselines per speaker, then classify."""
     emotions = classify_segments(
-        [s.text for s in segments], segment_arousal(segments), language, model
+        [s.text for s in segments], segment_arousal(segments), language, model, known
     )
     return tuple(replace(s, emotion=e) for s, e in zip(segments, emotions, strict=True))
