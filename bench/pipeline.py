@@ -1,6 +1,6 @@
 """Accuracy and speed of the pipeline against bare faster-whisper, on real speech.
 
-    .venv/bin/python -m bench.pipeline [FIXTURES_DIR]   (default /work/shared/fixtures)
+    .venv/bin/python -m bench.pipeline [FIXTURES_DIR]   (default ../shared/fixtures)
 
 Each measurement runs in its own subprocess (model loaded once per subprocess, load time
 excluded from the RTFs) and reports that process's peak RSS. "Transcription alone" is
@@ -23,9 +23,11 @@ from typing import Any
 
 import jiwer
 
+from bench import SHARED_FIXTURES
+
 __all__ = ["run"]
 
-DEFAULT_FIXTURES = Path("/work/shared/fixtures")
+DEFAULT_FIXTURES = SHARED_FIXTURES
 THREADS = 2
 _TARGET_WER = 0.015
 _TARGET_RTF = 0.15

@@ -60,7 +60,7 @@ import numpy.typing as npt
 from voxtrace.models.emotion import EMOTION_LABELS
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_DATA = Path("/work/shared/fixtures/emotion")
+DEFAULT_DATA = REPO.parent / "shared" / "fixtures" / "emotion"  # ../shared beside the checkout
 DEFAULT_CACHE = Path("/tmp/emotion/cache")
 DEFAULT_OUT = REPO / "src" / "voxtrace" / "assets" / "emotion_e5_head.npz"
 
