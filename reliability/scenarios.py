@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from testing.helpers import GatedFileServer, ServeProcess, Server, WorkerProcess
+from testing.helpers import GatedFileServer, ServeProcess, Server, WorkerProcess, closed_by_peer
 from testing.hostile_servers import HostileServer
 from voxtrace.devbackend import DevBackend, ReceivedCall, contract_violations
 from voxtrace.domain import Job, JobOptions, JobStatus, NewJob
@@ -758,18 +758,6 @@ class FloodOutcome:
     log_tracebacks: int
 
 
-def _closed_by_peer(sock: socket.socket) -> bool:
-    sock.setblocking(False)
-    try:
-        while sock.recv(65536):
-            pass
-    except BlockingIOError:
-        return False
-    except OSError:
-        return True
-    return True
-
-
 def connection_flood(srv: ServeProcess, connections: int, wait_s: float = 60.0) -> FloodOutcome:
     """Open `connections` sockets that never finish a request, then use the server."""
     flood: list[socket.socket] = []
@@ -788,7 +776,7 @@ def connection_flood(srv: ServeProcess, connections: int, wait_s: float = 60.0) 
         open_ = set(range(len(flood)))
         deadline = time.monotonic() + wait_s
         while open_ and time.monotonic() < deadline:
-            open_ = {i for i in open_ if not _closed_by_peer(flood[i])}
+            open_ = {i for i in open_ if not closed_by_peer(flood[i])}
             time.sleep(0.2)
         closed_s = time.monotonic() - started
     finally:

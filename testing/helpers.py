@@ -30,6 +30,7 @@ __all__ = [
     "ServeProcess",
     "Server",
     "WorkerProcess",
+    "closed_by_peer",
     "free_port",
     "group_members",
     "normalise_text",
@@ -389,3 +390,16 @@ class WorkerProcess(Server):
 def terminal(calls: list[ReceivedCall]) -> list[ReceivedCall]:
     """The `completed`/`failed` callbacks among those a backend received."""
     return [c for c in calls if c.body.get("status") in ("completed", "failed")]
+
+
+def closed_by_peer(sock: socket.socket) -> bool:
+    """True once the server has closed its end (what it sent before is read and dropped)."""
+    sock.setblocking(False)
+    try:
+        while sock.recv(65536):
+            pass
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+    return True

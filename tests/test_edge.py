@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 
-from testing.helpers import SUBMIT, ServeProcess
+from testing.helpers import SUBMIT, ServeProcess, closed_by_peer
 from voxtrace.logs import LogRateLimit
 
 VIDEO = "https://bucket.s3.ap-northeast-2.amazonaws.com/videos/u/talk.mp4"
@@ -36,19 +36,6 @@ def _wait(check: object, timeout_s: float = 20.0, what: str = "") -> None:
 
 def _open_fds(pid: int) -> int:
     return len(list(Path(f"/proc/{pid}/fd").iterdir()))
-
-
-def _closed_by_peer(sock: socket.socket) -> bool:
-    """True once the server has closed its end (what it sent before is read and dropped)."""
-    sock.setblocking(False)
-    try:
-        while sock.recv(65536):
-            pass
-    except BlockingIOError:
-        return False
-    except OSError:
-        return True
-    return True
 
 
 @contextlib.contextmanager
@@ -80,7 +67,7 @@ def test_a_flood_of_unfinished_requests_is_closed_and_the_server_keeps_answering
             # It holds at most the pending cap, not the flood: descriptors stay bounded.
             assert _open_fds(srv.pid) < 200, _open_fds(srv.pid)
             # And it closes every one of them (evicted, or past the header deadline).
-            _wait(lambda: all(_closed_by_peer(s) for s in flood), 30, "idle connections stay")
+            _wait(lambda: all(closed_by_peer(s) for s in flood), 30, "idle connections stay")
         finally:
             for sock in flood:
                 sock.close()
@@ -93,7 +80,7 @@ def test_an_idle_kept_alive_connection_is_closed(tmp_path: Path) -> None:
         try:
             sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
             assert sock.recv(100).startswith(b"HTTP/1.1 200")
-            _wait(lambda: _closed_by_peer(sock), 15, "kept-alive connection never closed")
+            _wait(lambda: closed_by_peer(sock), 15, "kept-alive connection never closed")
         finally:
             sock.close()
 
@@ -109,7 +96,7 @@ def test_a_kept_alive_connection_that_starts_a_request_and_stalls_is_closed(
             sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
             assert sock.recv(100).startswith(b"HTTP/1.1 200")
             sock.sendall(b"GET /health HTTP/1.1\r\nHo")
-            _wait(lambda: _closed_by_peer(sock), 15, "a stalled second request kept its socket")
+            _wait(lambda: closed_by_peer(sock), 15, "a stalled second request kept its socket")
         finally:
             sock.close()
 
