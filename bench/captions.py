@@ -32,20 +32,13 @@ from typing import Any
 import jiwer
 
 from bench import SHARED_FIXTURES
+from bench.pipeline import Clip
 
 __all__ = ["run"]
 
 DEFAULT_FIXTURES = SHARED_FIXTURES
 THREADS = 2
 CACHE = Path(os.environ.get("VOXTRACE_BENCH_CACHE", "/tmp/captions"))
-
-
-@dataclass(frozen=True)
-class Clip:
-    name: str
-    path: Path
-    reference: str
-    language: str
 
 
 @dataclass(frozen=True)
