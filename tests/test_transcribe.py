@@ -97,7 +97,7 @@ def test_times_are_restored_to_the_original_timeline(
     every time must move by exactly the padding (decoded without the extra context
     either side, which the unshifted clip has no room for before its first word).
     """
-    tight = TranscribeOptions(chunk_pad_s=0.0)
+    tight = TranscribeOptions(chunk_pad_s=0.0, whole_audio_max_s=0.0)
     offset_s = 7.0
     padded = np.concatenate([np.zeros(int(offset_s * SAMPLE_RATE), np.float32), jfk])
     assert detect_speech(padded, VadOptions())[0].start_s > offset_s - 1.0
@@ -188,3 +188,19 @@ def test_language_detection_costs_no_extra_encoder_pass(
 
 def _ignore(_: float) -> None:
     return None
+
+
+def test_a_short_file_is_read_whole_even_where_the_vad_heard_little(
+    jfk: npt.NDArray[np.float32], whisper_model: WhisperModel
+) -> None:
+    """Under one Whisper window the file is decoded whole, as bare Whisper decodes it;
+    cut to the speech regions (`whole_audio_max_s=0`) only those are read."""
+    regions = [SpeechRegion(0.3, 2.5)]
+    english = TranscribeOptions(language="en")
+    whole = transcribe(jfk, regions, whisper_model, english, lambda _: None)
+    cut_opts = TranscribeOptions(language="en", whole_audio_max_s=0.0)
+    cut = transcribe(jfk, regions, whisper_model, cut_opts, lambda _: None)
+    whole_text = " ".join(s.text for s in whole.segments).lower()
+    cut_text = " ".join(s.text for s in cut.segments).lower()
+    assert "country" in whole_text and "country" not in cut_text
+    assert whole.segments[-1].end_s > 9.0

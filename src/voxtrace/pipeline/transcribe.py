@@ -2,8 +2,8 @@
 
 This is what faster-whisper's `vad_filter=True` does, but with the regions our own VAD
 stage found: the speech is concatenated, decoded once, and every segment and word time is
-mapped back onto the original timeline. Segments are consumed as a stream so that
-progress follows the decoder.
+mapped back onto the original timeline; a file within one Whisper window is read whole.
+Segments are consumed as a stream so that progress follows the decoder.
 """
 
 from __future__ import annotations
@@ -63,12 +63,18 @@ class TranscribeOptions:
     chunk_pad_s: float = 0.4
     # Padded regions whose gap is at most this are decoded as one stretch of audio,
     # pause included, as long as it stays within `max_merged_chunk_s` (one Whisper
-    # window), so a short clip's speech reaches Whisper as bare Whisper reads it:
+    # window), so speech with short pauses reaches Whisper as bare Whisper reads it:
     # ko-dev tuning CER 23.4 % -> 22.1 % (bench.captions --sweep; any gap up to 30 s
     # scored the same, 3 s worse). Longer pauses stay cut out, so that Whisper's word
     # times cannot drift across them. 0 = only regions whose padding touches merge.
     merge_gap_s: float = 1.0
     max_merged_chunk_s: float = 30.0
+    # Audio at most this long, with any speech in it, is read whole, as bare Whisper
+    # reads it: on 2-7-s clips moving Whisper's input by a few hundred milliseconds flips
+    # syllables either way, and bare Whisper's own framing is the one it was trained on
+    # (bench.captions; the speech-evidence filters below still drop words where nobody
+    # speaks). 0 = always decode the VAD's regions.
+    whole_audio_max_s: float = 30.0
     # Skip silent stretches > 2 s inside a window when a hallucination is suspected.
     hallucination_silence_threshold: float | None = 2.0
     # A segment whose decoder thinks it is probably not speech AND whose words are all
@@ -117,6 +123,8 @@ def transcribe(
         merge_gap_s=opts.merge_gap_s,
         max_chunk_s=opts.max_merged_chunk_s,
     )
+    if chunks and samples.shape[0] <= opts.whole_audio_max_s * SAMPLE_RATE:
+        chunks = [{"start": 0, "end": int(samples.shape[0])}]
     language = _language(opts.language)
     if not chunks:
         return Transcription(language=language or "", language_probability=0.0, segments=())
