@@ -191,6 +191,26 @@ def sweep(fixtures: Path, decoder: Decoder, log: Callable[[str], None]) -> list[
     return lines
 
 
+def short_files(fixtures: Path, decoder: Decoder, configs: tuple[Config, ...]) -> list[str]:
+    """Korean CER clip by clip on every part of ko-dev: the evidence behind reading a
+    file within one Whisper window whole (`whole_audio_max_s`)."""
+    parts = (("1-30 (chose the decoding settings)", "tune"), ("31-60", "report"))
+    parts += (("61-100 (held out)", "fresh"),)
+    lines = [
+        "Short files, ko-dev clip by clip, language=ko, CER:",
+        "",
+        "| ko-dev clips | " + " | ".join(c.name for c in configs) + " |",
+        "|---|" + "---|" * len(configs),
+    ]
+    for label, part in parts:
+        clips = ko_dev(fixtures, part)
+        if not clips:
+            continue
+        rates = [error_rate(clips, [decoder.text(c, clip) for clip in clips]) for c in configs]
+        lines.append(f"| {label} | " + " | ".join(f"{r:.2%}" for r in rates) + " |")
+    return lines
+
+
 def _seconds(clip: Clip) -> float:
     import wave
 
@@ -370,6 +390,7 @@ def run(fixtures: Path = DEFAULT_FIXTURES, decoder: Decoder | None = None) -> st
         lines.append(
             f"| {label} | {cer(ko_config)} | {cer(auto_config)} | {long_cer} | {wer:.2%} |"
         )
+    lines += ["", *short_files(fixtures, decoder, (bare_ko, cut_ko, ours_ko))]
     lines += ["", "Caption shape (whole pipeline with speaker models, default rules):", ""]
     sample = Path(__file__).resolve().parents[1] / "samples" / "mixA_en_7spk_exactref.mp4"
     if sample.exists():

@@ -43,6 +43,13 @@ def test_merging_stops_at_one_whisper_window() -> None:
     assert all(c["end"] - c["start"] <= 30 * SR for c in chunks)
 
 
+def test_audio_within_the_whole_limit_is_one_range() -> None:
+    regions = [SpeechRegion(1.0, 2.0), SpeechRegion(20.0, 21.0)]
+    assert seconds(_padded_chunks(regions, 0.4, 25 * SR, whole_max_s=30.0)) == [(0.0, 25.0)]
+    assert _padded_chunks([], 0.4, 25 * SR, whole_max_s=30.0) == []
+    assert len(_padded_chunks(regions, 0.4, 25 * SR, whole_max_s=20.0)) == 2
+
+
 def test_a_region_longer_than_a_window_is_kept_whole() -> None:
     regions = [SpeechRegion(0.0, 40.0), SpeechRegion(41.0, 42.0)]
     chunks = _padded_chunks(regions, 0.0, 50 * SR, merge_gap_s=math.inf)

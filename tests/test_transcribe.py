@@ -186,10 +186,6 @@ def test_language_detection_costs_no_extra_encoder_pass(
     assert len(calls) >= 2 and len(set(calls)) == len(calls), calls
 
 
-def _ignore(_: float) -> None:
-    return None
-
-
 def test_a_short_file_is_read_whole_even_where_the_vad_heard_little(
     jfk: npt.NDArray[np.float32], whisper_model: WhisperModel
 ) -> None:
@@ -204,3 +200,7 @@ def test_a_short_file_is_read_whole_even_where_the_vad_heard_little(
     cut_text = " ".join(s.text for s in cut.segments).lower()
     assert "country" in whole_text and "country" not in cut_text
     assert whole.segments[-1].end_s > 9.0
+
+
+def _ignore(_: float) -> None:
+    return None

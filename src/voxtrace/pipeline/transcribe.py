@@ -122,9 +122,8 @@ def transcribe(
         samples.shape[0],
         merge_gap_s=opts.merge_gap_s,
         max_chunk_s=opts.max_merged_chunk_s,
+        whole_max_s=opts.whole_audio_max_s,
     )
-    if chunks and samples.shape[0] <= opts.whole_audio_max_s * SAMPLE_RATE:
-        chunks = [{"start": 0, "end": int(samples.shape[0])}]
     language = _language(opts.language)
     if not chunks:
         return Transcription(language=language or "", language_probability=0.0, segments=())
@@ -176,14 +175,18 @@ def _padded_chunks(
     *,
     merge_gap_s: float = 0.0,
     max_chunk_s: float = 30.0,
+    whole_max_s: float = 0.0,
 ) -> list[dict[str, int]]:
     """Sample ranges of the regions, each widened by `pad_s` (within the audio), with
     ranges that then touch merged: Whisper reads speech better with some of the silence
     around it than cut tight (measured in bench.captions). Ranges at most `merge_gap_s`
-    apart are merged too, silence and all, while the result stays within `max_chunk_s`."""
+    apart are merged too, silence and all, while the result stays within `max_chunk_s`.
+    Audio of at most `whole_max_s` with any region in it is one range, the whole of it."""
     pad = round(pad_s * SAMPLE_RATE)
     gap = round(merge_gap_s * SAMPLE_RATE) if math.isfinite(merge_gap_s) else total
     longest = round(max_chunk_s * SAMPLE_RATE)
+    if regions and total <= whole_max_s * SAMPLE_RATE:
+        return [{"start": 0, "end": total}]
     chunks: list[dict[str, int]] = []
     for region in regions:
         start = max(0, round(region.start_s * SAMPLE_RATE) - pad)
